@@ -1,0 +1,277 @@
+//! Immutable ledger entries for stored value and points, and balances as their fold.
+//!
+//! Every movement of stored value (principal or bonus) or points is one entry. Entries are never
+//! changed or deleted: a refund or a reversal is a new entry. A balance is the sum of a
+//! member's entries.
+//!
+//! Merge law: a replica's ledger is a *set* of entries keyed by their id (grow-only set union).
+//! Union is commutative, associative and idempotent, and the fold (a sum, done in `i128`) does
+//! not depend on order, so any delivery order with any duplicates gives the same balances.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use crate::hlc::HlcTimestamp;
+use crate::id::StoreId;
+use crate::money::{Fen, Overflow};
+
+/// Which balance an entry moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Account {
+    /// Stored value paid in by the member (分).
+    Principal,
+    /// Stored value given as a recharge bonus (分).
+    Bonus,
+    /// Points (1 point = 1 分 when paying).
+    Points,
+}
+
+/// Why an entry exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    RechargePrincipal,
+    RechargeBonus,
+    Spend,
+    Refund,
+    PointsEarn,
+    PointsRedeem,
+    PointsAdjust,
+    PointsReverse,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::RechargePrincipal => "recharge_principal",
+            EntryKind::RechargeBonus => "recharge_bonus",
+            EntryKind::Spend => "spend",
+            EntryKind::Refund => "refund",
+            EntryKind::PointsEarn => "points_earn",
+            EntryKind::PointsRedeem => "points_redeem",
+            EntryKind::PointsAdjust => "points_adjust",
+            EntryKind::PointsReverse => "points_reverse",
+        }
+    }
+}
+
+/// One immutable movement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Globally unique (UUIDv7).
+    pub id: Uuid,
+    /// The store that wrote it.
+    pub origin: StoreId,
+    /// Position in the origin's sequence of replicated operations.
+    pub seq: u64,
+    pub hlc: HlcTimestamp,
+    pub member_id: Uuid,
+    pub kind: EntryKind,
+    pub account: Account,
+    /// Signed amount: 分 for `Principal`/`Bonus`, points for `Points`.
+    pub amount: i64,
+    /// The sale this entry belongs to, if any.
+    pub checkout_id: Option<Uuid>,
+    /// Free text (required for manual adjustments).
+    pub reason: Option<String>,
+    /// Version of the rules that produced the entry.
+    pub rule_version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("{kind:?} may not move the {account:?} account")]
+    WrongAccount { kind: EntryKind, account: Account },
+    #[error("{kind:?} must have a {expected} amount, got {amount}")]
+    WrongSign {
+        kind: EntryKind,
+        expected: &'static str,
+        amount: i64,
+    },
+}
+
+impl LedgerEntry {
+    /// Check the entry's shape: kind, account and sign fit together.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        use Account::*;
+        use EntryKind::*;
+        let stored_value = matches!(self.account, Principal | Bonus);
+        let account_ok = match self.kind {
+            RechargePrincipal => self.account == Principal,
+            RechargeBonus => self.account == Bonus,
+            Spend | Refund => stored_value,
+            PointsEarn | PointsRedeem | PointsAdjust | PointsReverse => self.account == Points,
+        };
+        if !account_ok {
+            return Err(EntryError::WrongAccount {
+                kind: self.kind,
+                account: self.account,
+            });
+        }
+        let (sign_ok, expected) = match self.kind {
+            RechargePrincipal | RechargeBonus | Refund | PointsEarn => {
+                (self.amount > 0, "positive")
+            }
+            Spend | PointsRedeem => (self.amount < 0, "negative"),
+            PointsAdjust | PointsReverse => (self.amount != 0, "non-zero"),
+        };
+        if !sign_ok {
+            return Err(EntryError::WrongSign {
+                kind: self.kind,
+                expected,
+                amount: self.amount,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A member's balances: the fold of their entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balances {
+    pub principal: Fen,
+    pub bonus: Fen,
+    pub points: i64,
+}
+
+impl Balances {
+    /// Total stored value (principal + bonus).
+    pub fn stored_value(&self) -> Result<Fen, Overflow> {
+        self.principal.checked_add(self.bonus)
+    }
+
+    /// Fold a set of entries. Order does not matter; the caller removes duplicates (see
+    /// [`MemberLedger`]).
+    pub fn fold<'a, I: IntoIterator<Item = &'a LedgerEntry>>(
+        entries: I,
+    ) -> Result<Balances, Overflow> {
+        let (mut principal, mut bonus, mut points) = (0i128, 0i128, 0i128);
+        for entry in entries {
+            let slot = match entry.account {
+                Account::Principal => &mut principal,
+                Account::Bonus => &mut bonus,
+                Account::Points => &mut points,
+            };
+            *slot += i128::from(entry.amount);
+        }
+        let narrow = |v: i128| i64::try_from(v).map_err(|_| Overflow);
+        Ok(Balances {
+            principal: Fen(narrow(principal)?),
+            bonus: Fen(narrow(bonus)?),
+            points: narrow(points)?,
+        })
+    }
+}
+
+/// The set of entries one replica holds, keyed by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberLedger {
+    entries: BTreeMap<Uuid, LedgerEntry>,
+}
+
+impl MemberLedger {
+    /// Add an entry; returns false if it was already there (idempotent).
+    pub fn insert(&mut self, entry: LedgerEntry) -> bool {
+        if self.entries.contains_key(&entry.id) {
+            return false;
+        }
+        self.entries.insert(entry.id, entry);
+        true
+    }
+
+    /// Set union with another replica's ledger.
+    pub fn merge(&mut self, other: &MemberLedger) {
+        for entry in other.entries.values() {
+            self.insert(entry.clone());
+        }
+    }
+
+    pub fn balances_of(&self, member_id: Uuid) -> Result<Balances, Overflow> {
+        Balances::fold(self.entries.values().filter(|e| e.member_id == member_id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.entries.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn entry(n: u128, kind: EntryKind, account: Account, amount: i64) -> LedgerEntry {
+        LedgerEntry {
+            id: Uuid::from_u128(n),
+            origin: StoreId::parse("s1").unwrap(),
+            seq: n as u64,
+            hlc: HlcTimestamp {
+                wall_ms: n as u64,
+                counter: 0,
+            },
+            member_id: Uuid::from_u128(1),
+            kind,
+            account,
+            amount,
+            checkout_id: None,
+            reason: None,
+            rule_version: 1,
+        }
+    }
+
+    #[test]
+    fn entries_are_checked_for_shape() {
+        assert!(
+            entry(1, EntryKind::Spend, Account::Principal, -5)
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            entry(1, EntryKind::Spend, Account::Principal, 5)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            entry(1, EntryKind::Spend, Account::Points, -5)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            entry(1, EntryKind::RechargeBonus, Account::Principal, 5)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            entry(1, EntryKind::PointsAdjust, Account::Points, 0)
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn balances_are_the_sum_and_duplicates_count_once() {
+        let mut ledger = MemberLedger::default();
+        assert!(ledger.insert(entry(
+            1,
+            EntryKind::RechargePrincipal,
+            Account::Principal,
+            50_000
+        )));
+        assert!(ledger.insert(entry(2, EntryKind::RechargeBonus, Account::Bonus, 5_000)));
+        assert!(ledger.insert(entry(3, EntryKind::Spend, Account::Principal, -12_000)));
+        assert!(!ledger.insert(entry(3, EntryKind::Spend, Account::Principal, -12_000)));
+        let balances = ledger.balances_of(Uuid::from_u128(1)).unwrap();
+        assert_eq!(balances.principal, Fen(38_000));
+        assert_eq!(balances.bonus, Fen(5_000));
+        assert_eq!(balances.stored_value().unwrap(), Fen(43_000));
+    }
+}

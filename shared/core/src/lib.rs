@@ -1,0 +1,29 @@
+//! chainsync-core: the pure heart of chainsync.
+//!
+//! Layout:
+//! - [`money`]: integer 分 amounts with checked arithmetic.
+//! - [`id`]: store identities and UUIDv7 ids built from an injected clock and random source.
+//! - [`hlc`]: the hybrid logical clock that orders replicated writes.
+//! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
+//! - [`member`]: member profiles as automerge documents, phone normalization.
+//! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
+//! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
+//! - [`op`]: the replicated operations (versioned) that every local write produces.
+//! - [`limits`]: every size and count limit, in one place.
+//!
+//! Architecture invariant: nothing here reads a clock, a random source, a file or a socket.
+//! Callers pass time (`now_ms`) and randomness in. Everything is deterministic and testable.
+
+pub mod checkout;
+pub mod hlc;
+pub mod id;
+pub mod ledger;
+pub mod limits;
+pub mod member;
+pub mod money;
+pub mod op;
+pub mod rules;
+
+pub use hlc::{Hlc, HlcTimestamp};
+pub use id::{IdGenerator, StoreId};
+pub use money::Fen;
