@@ -1,5 +1,4 @@
 //! Every limit in one module. Names end in `_max`; units come last.
-#![allow(non_upper_case_globals)]
 
 /// Longest store id, in bytes.
 pub const store_id_bytes_max: usize = 32;

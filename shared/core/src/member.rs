@@ -252,6 +252,15 @@ impl MemberDoc {
         Ok(MemberDoc { doc })
     }
 
+    /// Build a document from change bytes alone (e.g. a member first seen through sync).
+    pub fn from_changes(store: &StoreId, changes: &[Vec<u8>]) -> Result<MemberDoc, MemberError> {
+        let mut doc = AutoCommit::new();
+        doc.set_actor(ActorId::from(store.actor_bytes().as_slice()));
+        let mut member = MemberDoc { doc };
+        member.apply_changes(changes)?;
+        Ok(member)
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

@@ -1,4 +1,3 @@
-#![allow(non_upper_case_globals)]
 //! Membership rules: tiers, recharge bonus, points. Rules are data with a version; every entry
 //! records the version that produced it. HQ will set them (later issue); these are defaults.
 

@@ -1,0 +1,65 @@
+//! The data directory: `store.toml` (identity and settings) and `store.db` (SQLite).
+
+use anyhow::{Context, bail};
+use chainsync_core::StoreId;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const config_file_name: &str = "store.toml";
+pub const database_file_name: &str = "store.db";
+pub const default_listen: &str = "127.0.0.1:8180";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub store_id: StoreId,
+    pub name: String,
+    /// HTTP listen address; `--listen` and `STORE_NODE_LISTEN` override it.
+    #[serde(default = "default_listen_string")]
+    pub listen: String,
+}
+
+fn default_listen_string() -> String {
+    default_listen.to_owned()
+}
+
+pub fn config_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(config_file_name)
+}
+
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(database_file_name)
+}
+
+impl StoreConfig {
+    pub fn load(data_dir: &Path) -> anyhow::Result<StoreConfig> {
+        let path = config_path(data_dir);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}: run `store-node init` first",
+                path.display()
+            )
+        })?;
+        let config: StoreConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        if config.name.trim().is_empty() {
+            bail!("{}: name may not be empty", path.display());
+        }
+        Ok(config)
+    }
+
+    pub fn write_new(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = config_path(data_dir);
+        if path.exists() {
+            bail!(
+                "{} already exists: this data directory is initialized",
+                path.display()
+            );
+        }
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let text = toml::to_string_pretty(self)?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}

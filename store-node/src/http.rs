@@ -1,0 +1,476 @@
+//! The HTTP API: routes, bearer-token auth, JSON errors, idempotency keys, OpenAPI.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chainsync_core::member::normalize_phone;
+use chainsync_core::rules::Rules;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::auth::{Role, User};
+use crate::commands::{self, Reply};
+use crate::error::ApiError;
+use crate::read::{self, MemberQuery, ReadPool};
+use crate::views::*;
+use crate::writer::{Idempotency, Writer};
+
+/// Largest request body, in bytes.
+pub const request_body_bytes_max: usize = 256 * 1024;
+/// Longest `Idempotency-Key`.
+pub const idempotency_key_chars_max: usize = 255;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub writer: Writer,
+    pub reads: Arc<ReadPool>,
+    pub store_id: String,
+    pub rules: Arc<Rules>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        (status, Json(self.body)).into_response()
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller(pub User);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized =
+            || ApiError::new(401, "unauthorized", "send Authorization: Bearer <token>");
+        let header = parts
+            .headers
+            .get("authorization")
+            .ok_or_else(unauthorized)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && token.len() <= 128)
+            .ok_or_else(unauthorized)?
+            .to_owned();
+        let user = app
+            .reads
+            .run(move |conn| Ok(crate::auth::find_by_token(conn, &token)?))
+            .await?;
+        user.map(Caller)
+            .ok_or_else(|| ApiError::new(401, "unauthorized", "unknown token"))
+    }
+}
+
+impl Caller {
+    fn require_manager(&self) -> Result<(), ApiError> {
+        if self.0.role == Role::Manager {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                403,
+                "forbidden",
+                "only a store manager may do this",
+            ))
+        }
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
+}
+
+/// The request's `Idempotency-Key`, fingerprinted with its route and body.
+fn idempotency(
+    headers: &HeaderMap,
+    route: &str,
+    body: &Bytes,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| !key.is_empty() && key.len() <= idempotency_key_chars_max)
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: hex::encode(hasher.finalize()),
+    }))
+}
+
+fn member_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())
+}
+
+fn checkout_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|_| ApiError::new(404, "unknown_checkout", "no checkout with this id"))
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz(State(app): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        store_id: app.store_id.clone(),
+    })
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(post, path = "/api/v1/members", request_body = NewMember,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    responses((status = 201, body = MemberView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_member(
+    State(app): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let request: NewMember = parse_json(&body)?;
+    let idempotency = idempotency(&headers, "POST /api/v1/members", &body)?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| commands::register_member(conn, local, request, now)),
+        )
+        .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct MemberSearch {
+    /// Exact phone (normalized like at registration).
+    pub phone: Option<String>,
+    /// Exact card number.
+    pub card_no: Option<String>,
+    /// Name prefix, or part of a phone or card number.
+    pub q: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/members", params(MemberSearch),
+    responses((status = 200, body = MemberList)), security(("bearer" = [])))]
+async fn search_members(
+    State(app): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<MemberSearch>, QueryRejection>,
+) -> Result<Json<MemberList>, ApiError> {
+    let Query(search) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let member_query = if let Some(phone) = search.phone {
+        match normalize_phone(&phone) {
+            Ok(phone) => MemberQuery::Phone(phone),
+            Err(_) => {
+                return Ok(Json(MemberList {
+                    members: Vec::new(),
+                }));
+            }
+        }
+    } else if let Some(card_no) = search.card_no {
+        MemberQuery::CardNo(card_no.trim().to_owned())
+    } else if let Some(text) = search.q.filter(|q| !q.trim().is_empty()) {
+        MemberQuery::Text(text.trim().to_owned())
+    } else {
+        MemberQuery::All
+    };
+    let limit = search.limit.unwrap_or(50);
+    let rules = app.rules.clone();
+    let members = app
+        .reads
+        .run(move |conn| read::find_members(conn, &member_query, limit, &rules, crate::now_ms()))
+        .await?;
+    Ok(Json(MemberList { members }))
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = MemberView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_member(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<MemberView>, ApiError> {
+    let id = member_id(path)?;
+    let rules = app.rules.clone();
+    app.reads
+        .run(move |conn| read::member(conn, id, &rules, crate::now_ms()))
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::unknown_member)
+}
+
+#[utoipa::path(patch, path = "/api/v1/members/{id}", params(("id" = Uuid, Path)), request_body = MemberPatch,
+    responses((status = 200, body = MemberView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn patch_member(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let id = member_id(path)?;
+    let request: MemberPatch = parse_json(&body)?;
+    app.writer
+        .submit(
+            None,
+            Box::new(move |conn, local, now| commands::patch_member(conn, local, id, request, now)),
+        )
+        .await
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}/ledger", params(("id" = Uuid, Path)),
+    responses((status = 200, body = LedgerView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn member_ledger(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<LedgerView>, ApiError> {
+    let id = member_id(path)?;
+    app.reads
+        .run(move |conn| {
+            if !read::member_exists(conn, id)? {
+                return Err(ApiError::unknown_member());
+            }
+            read::ledger(conn, id)
+        })
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/api/v1/members/{id}/recharges", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewRecharge,
+    responses((status = 201, body = RechargeView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_recharge(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let id = member_id(path)?;
+    let request: NewRecharge = parse_json(&body)?;
+    let idempotency = idempotency(
+        &headers,
+        &format!("POST /api/v1/members/{id}/recharges"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| commands::recharge(conn, local, id, request, now)),
+        )
+        .await
+}
+
+#[utoipa::path(post, path = "/api/v1/products", request_body = NewProduct,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    responses((status = 201, body = ProductView), (status = 200, body = ProductView), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_product(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    caller.require_manager()?;
+    let request: NewProduct = parse_json(&body)?;
+    let idempotency = idempotency(&headers, "POST /api/v1/products", &body)?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| commands::upsert_product(conn, local, request, now)),
+        )
+        .await
+}
+
+#[utoipa::path(get, path = "/api/v1/products", responses((status = 200, body = ProductList)), security(("bearer" = [])))]
+async fn list_products(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<ProductList>, ApiError> {
+    let products = app.reads.run(read::products).await?;
+    Ok(Json(ProductList { products }))
+}
+
+#[utoipa::path(post, path = "/api/v1/checkouts", request_body = NewCheckout,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    responses((status = 201, body = CheckoutView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_checkout(
+    State(app): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let request: NewCheckout = parse_json(&body)?;
+    let idempotency = idempotency(&headers, "POST /api/v1/checkouts", &body)?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| commands::checkout(conn, local, request, now)),
+        )
+        .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListLimit {
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/checkouts", params(ListLimit),
+    responses((status = 200, body = CheckoutList)), security(("bearer" = [])))]
+async fn list_checkouts(
+    State(app): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<ListLimit>, QueryRejection>,
+) -> Result<Json<CheckoutList>, ApiError> {
+    let Query(limit) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let limit = limit.limit.unwrap_or(50);
+    let checkouts = app
+        .reads
+        .run(move |conn| read::checkouts(conn, limit))
+        .await?;
+    Ok(Json(CheckoutList { checkouts }))
+}
+
+#[utoipa::path(get, path = "/api/v1/checkouts/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CheckoutView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_checkout(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<CheckoutView>, ApiError> {
+    let id = checkout_id(path)?;
+    let store_id = app.store_id.clone();
+    app.reads
+        .run(move |conn| read::checkout(conn, &store_id, id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(404, "unknown_checkout", "no checkout with this id"))
+}
+
+#[utoipa::path(post, path = "/api/v1/checkouts/{id}/refunds", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewRefund,
+    responses((status = 201, body = RefundView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn create_refund(
+    State(app): State<AppState>,
+    caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    caller.require_manager()?;
+    let id = checkout_id(path)?;
+    let request: NewRefund = if body.iter().all(u8::is_ascii_whitespace) {
+        NewRefund::default()
+    } else {
+        parse_json(&body)?
+    };
+    let idempotency = idempotency(
+        &headers,
+        &format!("POST /api/v1/checkouts/{id}/refunds"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| commands::refund(conn, local, id, request, now)),
+        )
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "not_found", "no such route")
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chainsync store-node API", description = "Cashier and POS API of one store. Money is integer 分."),
+    paths(healthz, create_member, search_members, get_member, patch_member, member_ledger,
+        create_recharge, create_product, list_products, create_checkout, list_checkouts,
+        get_checkout, create_refund),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/api/v1/members", post(create_member).get(search_members))
+        .route("/api/v1/members/{id}", get(get_member).patch(patch_member))
+        .route("/api/v1/members/{id}/ledger", get(member_ledger))
+        .route("/api/v1/members/{id}/recharges", post(create_recharge))
+        .route("/api/v1/products", post(create_product).get(list_products))
+        .route(
+            "/api/v1/checkouts",
+            post(create_checkout).get(list_checkouts),
+        )
+        .route("/api/v1/checkouts/{id}", get(get_checkout))
+        .route("/api/v1/checkouts/{id}/refunds", post(create_refund))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(request_body_bytes_max))
+        .with_state(app)
+}

@@ -1,0 +1,42 @@
+//! store-node: one store's server. It keeps the store's replica in SQLite, takes checkouts and
+//! serves the cashier HTTP API, with nothing else running.
+//!
+//! Layout:
+//! - [`config`]: the data directory and `store.toml`.
+//! - [`db`]: opening SQLite (WAL, synchronous=FULL) and the numbered migrations.
+//! - [`auth`]: API users and their tokens (only hashes are stored).
+//! - [`writer`]: the one writer thread; commands are group-committed, each in a savepoint.
+//! - [`commands`]: what each write does, inside the writer's transaction.
+//! - [`project`]: replicated operations → the SQL tables people query.
+//! - [`read`]: the read pool and the queries behind the GET routes.
+//! - [`views`]: JSON request and response types (the HTTP edge only).
+//! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
+//!
+//! Architecture invariant: every change to replicated state goes through an operation in the
+//! `ops` table, written in the same transaction as its projection.
+
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod project;
+pub mod read;
+pub mod views;
+pub mod writer;
+
+/// Wall-clock time in Unix ms. The only clock read in the store node's write path.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes)
+}

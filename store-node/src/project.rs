@@ -1,0 +1,265 @@
+//! Projection: replicated operations → the tables people query. Every function here is
+//! idempotent (a repeated operation changes nothing), so local writes and, later, operations
+//! received from other replicas go through the same code.
+
+use chainsync_core::StoreId;
+use chainsync_core::hlc::HlcTimestamp;
+use chainsync_core::ledger::{Account, LedgerEntry};
+use chainsync_core::member::MemberDoc;
+use chainsync_core::op::{Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleRecord};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+/// Record an operation. Returns false if it was already there (then project nothing).
+pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<bool> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            envelope.origin.as_str(),
+            envelope.seq as i64,
+            envelope.hlc.wall_ms as i64,
+            envelope.hlc.counter,
+            envelope.op.kind(),
+            envelope.op.encode(),
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
+/// Write a member document and its searchable fields. On first sight of the member, its cached
+/// balances are folded from whatever ledger entries already arrived.
+pub fn project_member(
+    conn: &Connection,
+    member_id: Uuid,
+    doc: &mut MemberDoc,
+    origin: &StoreId,
+    created_ms: u64,
+) -> rusqlite::Result<()> {
+    let profile = doc.profile();
+    let profile_json = serde_json::to_string(&profile).unwrap_or_default();
+    let saved = doc.save();
+    conn.execute(
+        "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, card_no = excluded.card_no,
+             name = excluded.name, profile_json = excluded.profile_json, doc = excluded.doc",
+        params![
+            member_id.to_string(),
+            profile.phone,
+            profile.card_no,
+            profile.name,
+            profile_json,
+            saved,
+            origin.as_str(),
+            created_ms as i64,
+        ],
+    )?;
+    refold_balances(conn, member_id)
+}
+
+/// Recompute a member's cached balances from the ledger.
+pub fn refold_balances(conn: &Connection, member_id: Uuid) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE members SET
+            principal_fen = (SELECT COALESCE(SUM(amount), 0) FROM ledger
+                             WHERE member_id = ?1 AND account = 'principal'),
+            bonus_fen = (SELECT COALESCE(SUM(amount), 0) FROM ledger
+                         WHERE member_id = ?1 AND account = 'bonus'),
+            points = (SELECT COALESCE(SUM(amount), 0) FROM ledger
+                      WHERE member_id = ?1 AND account = 'points')
+         WHERE id = ?1",
+        [member_id.to_string()],
+    )?;
+    Ok(())
+}
+
+pub fn account_name(account: Account) -> &'static str {
+    match account {
+        Account::Principal => "principal",
+        Account::Bonus => "bonus",
+        Account::Points => "points",
+    }
+}
+
+/// Add a ledger entry and move the member's cached balance by its amount.
+pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<()> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
+             account, amount, checkout_id, reason, rule_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            entry.id.to_string(),
+            entry.member_id.to_string(),
+            entry.origin.as_str(),
+            entry.seq as i64,
+            entry.hlc.wall_ms as i64,
+            entry.hlc.counter,
+            entry.kind.as_str(),
+            account_name(entry.account),
+            entry.amount,
+            entry.checkout_id.map(|id| id.to_string()),
+            entry.reason,
+            entry.rule_version,
+        ],
+    )?;
+    if inserted == 1 {
+        let column = match entry.account {
+            Account::Principal => "principal_fen",
+            Account::Bonus => "bonus_fen",
+            Account::Points => "points",
+        };
+        conn.execute(
+            &format!("UPDATE members SET {column} = {column} + ?1 WHERE id = ?2"),
+            params![entry.amount, entry.member_id.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn project_sale(
+    conn: &Connection,
+    sale: &SaleRecord,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO sales (id, member_id, origin, at_ms, total_fen, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            sale.id.to_string(),
+            sale.member_id.map(|id| id.to_string()),
+            origin.as_str(),
+            sale.at_ms as i64,
+            sale.total.0,
+            postcard::to_allocvec(sale).unwrap_or_default(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn project_refund(
+    conn: &Connection,
+    refund: &RefundRecord,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO refunds (id, sale_id, member_id, origin, amount_fen, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            refund.id.to_string(),
+            refund.sale_id.to_string(),
+            refund.member_id.map(|id| id.to_string()),
+            origin.as_str(),
+            refund.amount.0,
+            refund.at_ms as i64,
+        ],
+    )?;
+    if inserted == 1 {
+        conn.execute(
+            "UPDATE sales SET refunded_fen = refunded_fen + ?1 WHERE id = ?2",
+            params![refund.amount.0, refund.sale_id.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Last writer wins, by (HLC, origin): the same winner on every replica whatever the order.
+pub fn project_product(
+    conn: &Connection,
+    product: &ProductRecord,
+    hlc: HlcTimestamp,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let current: Option<(i64, i64, String)> = conn
+        .query_row(
+            "SELECT hlc_wall_ms, hlc_counter, origin FROM products WHERE sku = ?1",
+            [&product.sku],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let incoming = (
+        hlc.wall_ms as i64,
+        i64::from(hlc.counter),
+        origin.as_str().to_owned(),
+    );
+    if current.is_some_and(|current| current >= incoming) {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO products (sku, name, price_fen, active, hlc_wall_ms, hlc_counter, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen,
+             active = excluded.active, hlc_wall_ms = excluded.hlc_wall_ms,
+             hlc_counter = excluded.hlc_counter, origin = excluded.origin",
+        params![
+            product.sku,
+            product.name,
+            product.price.0,
+            product.active,
+            incoming.0,
+            incoming.1,
+            incoming.2,
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("member document: {0}")]
+    Member(#[from] chainsync_core::member::MemberError),
+    #[error("ledger entry: {0}")]
+    Entry(#[from] chainsync_core::ledger::EntryError),
+    #[error("operation fields disagree with its envelope")]
+    Mismatch,
+}
+
+/// Apply an operation that came from another replica: record it, then project it.
+/// `local` is this store's identity (used as the actor for later local edits).
+pub fn apply_remote(
+    conn: &Connection,
+    local: &StoreId,
+    envelope: &Envelope,
+) -> Result<bool, ApplyError> {
+    if let Op::V1(OpV1::Ledger(entry)) = &envelope.op {
+        entry.validate()?;
+        if entry.origin != envelope.origin || entry.seq != envelope.seq {
+            return Err(ApplyError::Mismatch);
+        }
+    }
+    if !insert_op(conn, envelope)? {
+        return Ok(false);
+    }
+    match &envelope.op {
+        Op::V1(OpV1::MemberChange { member_id, change }) => {
+            let saved: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT doc FROM members WHERE id = ?1",
+                    [member_id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut doc = match saved {
+                Some(saved) => MemberDoc::load(local, &saved)?,
+                None => MemberDoc::from_changes(local, &[])?,
+            };
+            doc.apply_changes(std::slice::from_ref(change))?;
+            project_member(
+                conn,
+                *member_id,
+                &mut doc,
+                &envelope.origin,
+                envelope.hlc.wall_ms,
+            )?;
+        }
+        Op::V1(OpV1::Ledger(entry)) => project_ledger(conn, entry)?,
+        Op::V1(OpV1::Sale(sale)) => project_sale(conn, sale, &envelope.origin)?,
+        Op::V1(OpV1::SaleRefund(refund)) => project_refund(conn, refund, &envelope.origin)?,
+        Op::V1(OpV1::ProductUpsert(product)) => {
+            project_product(conn, product, envelope.hlc, &envelope.origin)?
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,396 @@
+//! Queries behind the GET routes, and the pool of read-only connections they run on.
+//! The functions take any `&Connection`, so the writer uses the same ones inside its
+//! transaction.
+
+use chainsync_core::Fen;
+use chainsync_core::checkout::PaymentMethod;
+use chainsync_core::ledger::Balances;
+use chainsync_core::member::Profile;
+use chainsync_core::op::SaleRecord;
+use chainsync_core::rules::{Rules, tier_window_ms};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::views::{
+    CheckoutLineView, CheckoutView, LedgerEntryView, LedgerView, MemberView, PaymentView,
+    ProductView,
+};
+
+/// Most rows one list query returns.
+pub const list_rows_max: usize = 500;
+
+/// A few read-only connections; each query takes one (round robin) on a blocking thread.
+pub struct ReadPool {
+    connections: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl ReadPool {
+    pub fn open(path: &Path, size: usize) -> anyhow::Result<ReadPool> {
+        let connections = (0..size.max(1))
+            .map(|_| crate::db::open_reader(path).map(Mutex::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ReadPool {
+            connections,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Run `query` on a pooled connection off the async runtime.
+    pub async fn run<T, F>(self: &std::sync::Arc<Self>, query: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.connections.len();
+            let conn = pool.connections[index]
+                .lock()
+                .map_err(|_| ApiError::internal("read connection poisoned"))?;
+            query(&conn)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+}
+
+pub fn member_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM members WHERE id = ?1",
+        [id.to_string()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances>> {
+    conn.query_row(
+        "SELECT principal_fen, bonus_fen, points FROM members WHERE id = ?1",
+        [id.to_string()],
+        |row| {
+            Ok(Balances {
+                principal: Fen(row.get(0)?),
+                bonus: Fen(row.get(1)?),
+                points: row.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Net spend (sales minus refunds) over the 365 days before `now_ms`.
+pub fn spend_12m(conn: &Connection, id: Uuid, now_ms: u64) -> rusqlite::Result<Fen> {
+    let since = now_ms.saturating_sub(tier_window_ms) as i64;
+    conn.query_row(
+        "SELECT COALESCE(SUM(total_fen - refunded_fen), 0) FROM sales
+         WHERE member_id = ?1 AND at_ms >= ?2",
+        params![id.to_string(), since],
+        |row| row.get(0).map(Fen),
+    )
+}
+
+fn member_from_row(
+    conn: &Connection,
+    row: &Row<'_>,
+    rules: &Rules,
+    now_ms: u64,
+) -> Result<MemberView, ApiError> {
+    let id_text: String = row.get(0)?;
+    let id = Uuid::parse_str(&id_text).map_err(ApiError::internal)?;
+    let profile_json: String = row.get(1)?;
+    let profile: Profile = serde_json::from_str(&profile_json).map_err(ApiError::internal)?;
+    let (principal, bonus, points): (i64, i64, i64) = (row.get(2)?, row.get(3)?, row.get(4)?);
+    let created_ms: i64 = row.get(5)?;
+    let spend = spend_12m(conn, id, now_ms)?;
+    Ok(MemberView {
+        id,
+        name: profile.name,
+        phone: profile.phone,
+        card_no: profile.card_no,
+        gender: profile.gender.map(|g| g.as_str().to_owned()),
+        birthday: profile.birthday,
+        email: profile.email,
+        address: profile.address,
+        note: profile.note,
+        home_store: profile.home_store,
+        tags: profile.tags.into_iter().collect(),
+        balance_fen: principal.saturating_add(bonus),
+        principal_fen: principal,
+        bonus_fen: bonus,
+        points,
+        tier: rules.tier_for_spend(spend).name.clone(),
+        spend_12m_fen: spend.0,
+        created_ms: created_ms.max(0) as u64,
+    })
+}
+
+const member_columns: &str = "id, profile_json, principal_fen, bonus_fen, points, created_ms";
+
+pub fn member(
+    conn: &Connection,
+    id: Uuid,
+    rules: &Rules,
+    now_ms: u64,
+) -> Result<Option<MemberView>, ApiError> {
+    let sql = format!("SELECT {member_columns} FROM members WHERE id = ?1");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([id.to_string()])?;
+    match rows.next()? {
+        Some(row) => member_from_row(conn, row, rules, now_ms).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub enum MemberQuery {
+    Phone(String),
+    CardNo(String),
+    /// Name prefix, or a fragment of phone or card number.
+    Text(String),
+    All,
+}
+
+pub fn find_members(
+    conn: &Connection,
+    query: &MemberQuery,
+    limit: usize,
+    rules: &Rules,
+    now_ms: u64,
+) -> Result<Vec<MemberView>, ApiError> {
+    let limit = limit.clamp(1, list_rows_max) as i64;
+    let escape = |text: &str| {
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    };
+    let (condition, argument) = match query {
+        MemberQuery::Phone(phone) => ("phone = ?1", phone.clone()),
+        MemberQuery::CardNo(card_no) => ("card_no = ?1", card_no.clone()),
+        MemberQuery::Text(text) => (
+            "(name LIKE ?1 || '%' ESCAPE '\\' OR phone LIKE '%' || ?1 || '%' ESCAPE '\\'
+              OR card_no LIKE '%' || ?1 || '%' ESCAPE '\\')",
+            escape(text),
+        ),
+        MemberQuery::All => ("?1 = ?1", String::new()),
+    };
+    let sql = format!(
+        "SELECT {member_columns} FROM members WHERE {condition} ORDER BY created_ms DESC, id
+         LIMIT ?2"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params![argument, limit])?;
+    let mut members = Vec::new();
+    while let Some(row) = rows.next()? {
+        members.push(member_from_row(conn, row, rules, now_ms)?);
+    }
+    Ok(members)
+}
+
+pub fn ledger(conn: &Connection, member_id: Uuid) -> Result<LedgerView, ApiError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, origin, seq, kind, account, amount, checkout_id, reason, rule_version,
+                hlc_wall_ms
+         FROM ledger WHERE member_id = ?1
+         ORDER BY hlc_wall_ms DESC, hlc_counter DESC, origin DESC, seq DESC",
+    )?;
+    let mut rows = statement.query([member_id.to_string()])?;
+    let mut entries = Vec::new();
+    let (mut balance, mut points) = (0i64, 0i64);
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let checkout_id: Option<String> = row.get(6)?;
+        let account: String = row.get(4)?;
+        let amount: i64 = row.get(5)?;
+        if account == "points" {
+            points = points.saturating_add(amount);
+        } else {
+            balance = balance.saturating_add(amount);
+        }
+        entries.push(LedgerEntryView {
+            id: Uuid::parse_str(&id).map_err(ApiError::internal)?,
+            origin: row.get(1)?,
+            seq: row.get::<_, i64>(2)?.max(0) as u64,
+            kind: row.get(3)?,
+            account,
+            amount,
+            checkout_id: checkout_id.and_then(|id| Uuid::parse_str(&id).ok()),
+            reason: row.get(7)?,
+            rule_version: row.get(8)?,
+            created_ms: row.get::<_, i64>(9)?.max(0) as u64,
+        });
+    }
+    Ok(LedgerView {
+        member_id,
+        balance_fen: balance,
+        points,
+        entries,
+    })
+}
+
+pub fn method_name(method: PaymentMethod) -> &'static str {
+    match method {
+        PaymentMethod::Cash => "cash",
+        PaymentMethod::External => "external",
+        PaymentMethod::StoredValue => "stored_value",
+        PaymentMethod::Points => "points",
+    }
+}
+
+/// The view of a sale (without the after-checkout balances, which only the checkout
+/// response carries).
+pub fn sale_view(store_id: &str, sale: &SaleRecord, refunded: bool) -> CheckoutView {
+    let points_used = sale
+        .payments
+        .iter()
+        .filter(|p| p.method == PaymentMethod::Points)
+        .map(|p| p.amount.0)
+        .sum();
+    let mut view = CheckoutView {
+        id: sale.id,
+        store_id: store_id.to_owned(),
+        member_id: sale.member_id,
+        lines: sale
+            .lines
+            .iter()
+            .map(|line| CheckoutLineView {
+                sku: line.sku.clone(),
+                name: line.name.clone(),
+                qty: line.qty,
+                unit_price_fen: line.unit_price.0,
+                amount_fen: line.amount.0,
+            })
+            .collect(),
+        payments: sale
+            .payments
+            .iter()
+            .map(|p| PaymentView {
+                method: method_name(p.method).to_owned(),
+                amount_fen: p.amount.0,
+            })
+            .collect(),
+        subtotal_fen: sale.subtotal.0,
+        discount_fen: sale.discount.0,
+        total_fen: sale.total.0,
+        points_earned: sale.points_earned,
+        points_used,
+        tier: sale.tier.clone(),
+        balance_fen: None,
+        points: None,
+        refunded,
+        created_ms: sale.at_ms,
+        receipt: String::new(),
+    };
+    view.receipt = receipt(&view);
+    view
+}
+
+/// A plain-text receipt, 32 columns wide.
+pub fn receipt(view: &CheckoutView) -> String {
+    let mut text = String::new();
+    text.push_str(&format!("chainsync  {}\n", view.store_id));
+    text.push_str(&format!("#{}\n", view.id));
+    for line in &view.lines {
+        text.push_str(&format!(
+            "{} x{}  {}\n",
+            line.name,
+            line.qty,
+            Fen(line.amount_fen)
+        ));
+    }
+    text.push_str(&format!("小计 subtotal  {}\n", Fen(view.subtotal_fen)));
+    if view.discount_fen != 0 {
+        text.push_str(&format!("优惠 discount  -{}\n", Fen(view.discount_fen)));
+    }
+    text.push_str(&format!("合计 total  {}\n", Fen(view.total_fen)));
+    for payment in &view.payments {
+        text.push_str(&format!(
+            "{}  {}\n",
+            payment.method,
+            Fen(payment.amount_fen)
+        ));
+    }
+    if view.points_earned != 0 {
+        text.push_str(&format!("积分 points +{}\n", view.points_earned));
+    }
+    text
+}
+
+pub fn checkout(
+    conn: &Connection,
+    store_id: &str,
+    id: Uuid,
+) -> Result<Option<CheckoutView>, ApiError> {
+    let found: Option<(Vec<u8>, i64, String)> = conn
+        .query_row(
+            "SELECT body, refunded_fen, origin FROM sales WHERE id = ?1",
+            [id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let Some((body, refunded_fen, origin)) = found else {
+        return Ok(None);
+    };
+    let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
+    let refunded = refunded_fen != 0 || has_refund(conn, id)?;
+    let _ = store_id;
+    Ok(Some(sale_view(&origin, &sale, refunded)))
+}
+
+pub fn has_refund(conn: &Connection, sale_id: Uuid) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM refunds WHERE sale_id = ?1",
+        [sale_id.to_string()],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+}
+
+pub fn checkouts(conn: &Connection, limit: usize) -> Result<Vec<CheckoutView>, ApiError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT s.body, s.origin, EXISTS (SELECT 1 FROM refunds r WHERE r.sale_id = s.id)
+         FROM sales s ORDER BY s.at_ms DESC, s.id DESC LIMIT ?1",
+    )?;
+    let mut rows = statement.query([limit.clamp(1, list_rows_max) as i64])?;
+    let mut list = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: Vec<u8> = row.get(0)?;
+        let origin: String = row.get(1)?;
+        let refunded: bool = row.get(2)?;
+        let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
+        list.push(sale_view(&origin, &sale, refunded));
+    }
+    Ok(list)
+}
+
+pub fn products(conn: &Connection) -> Result<Vec<ProductView>, ApiError> {
+    let mut statement =
+        conn.prepare_cached("SELECT sku, name, price_fen, active FROM products ORDER BY sku")?;
+    let rows = statement.query_map([], |row| {
+        Ok(ProductView {
+            sku: row.get(0)?,
+            name: row.get(1)?,
+            price_fen: row.get(2)?,
+            active: row.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn product(conn: &Connection, sku: &str) -> rusqlite::Result<Option<ProductView>> {
+    conn.prepare_cached("SELECT sku, name, price_fen, active FROM products WHERE sku = ?1")?
+        .query_row([sku], |row| {
+            Ok(ProductView {
+                sku: row.get(0)?,
+                name: row.get(1)?,
+                price_fen: row.get(2)?,
+                active: row.get(3)?,
+            })
+        })
+        .optional()
+}

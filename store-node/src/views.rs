@@ -1,0 +1,260 @@
+//! JSON shapes of the HTTP API. They exist only at the edge; the core never sees them.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `{"error":{"code":"…","message":"…"}}`
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberView {
+    pub id: Uuid,
+    pub name: String,
+    pub phone: String,
+    pub card_no: String,
+    pub gender: Option<String>,
+    pub birthday: Option<String>,
+    pub email: Option<String>,
+    pub address: Option<String>,
+    pub note: Option<String>,
+    pub home_store: Option<String>,
+    pub tags: Vec<String>,
+    /// Stored value, principal + bonus, in 分.
+    pub balance_fen: i64,
+    pub principal_fen: i64,
+    pub bonus_fen: i64,
+    pub points: i64,
+    pub tier: String,
+    /// Net spend over the last 365 days, in 分.
+    pub spend_12m_fen: i64,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub name: String,
+    pub phone: String,
+    pub card_no: Option<String>,
+    pub gender: Option<String>,
+    pub birthday: Option<String>,
+    pub email: Option<String>,
+    pub address: Option<String>,
+    pub note: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberPatch {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub card_no: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub gender: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub birthday: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub address: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub note: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub id: Uuid,
+    pub origin: String,
+    pub seq: u64,
+    /// recharge_principal | recharge_bonus | spend | refund | points_earn | points_redeem |
+    /// points_adjust | points_reverse
+    pub kind: String,
+    /// principal | bonus | points
+    pub account: String,
+    /// Signed: 分 for principal/bonus, points for points.
+    pub amount: i64,
+    pub checkout_id: Option<Uuid>,
+    pub reason: Option<String>,
+    pub rule_version: u32,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LedgerView {
+    pub member_id: Uuid,
+    pub balance_fen: i64,
+    pub points: i64,
+    pub entries: Vec<LedgerEntryView>,
+}
+
+/// A money amount as sent by a client. Any JSON value is accepted here so that an amount that is
+/// not an `i64` (a float, a string, 1e30) is reported as `invalid_amount`, not as bad JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmountInput(pub Option<i64>);
+
+impl<'de> Deserialize<'de> for AmountInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(AmountInput(value.as_i64()))
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecharge {
+    #[schema(value_type = i64)]
+    pub amount_fen: AmountInput,
+    /// cash (default) | external
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RechargeView {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    pub amount_fen: i64,
+    pub bonus_fen: i64,
+    pub balance_fen: i64,
+    pub principal_fen: i64,
+    pub bonus_balance_fen: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub sku: String,
+    pub name: String,
+    #[schema(value_type = i64)]
+    pub price_fen: AmountInput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    pub sku: String,
+    pub name: String,
+    pub price_fen: i64,
+    pub active: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductList {
+    pub products: Vec<ProductView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCheckout {
+    pub member_id: Option<Uuid>,
+    pub lines: Vec<NewCheckoutLine>,
+    pub payments: Vec<NewPayment>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPayment {
+    /// cash | external | stored_value | points
+    pub method: String,
+    #[schema(value_type = i64)]
+    pub amount_fen: AmountInput,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCheckoutLine {
+    pub sku: String,
+    #[schema(value_type = i64)]
+    pub qty: AmountInput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PaymentView {
+    /// cash | external | stored_value | points
+    pub method: String,
+    pub amount_fen: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutLineView {
+    pub sku: String,
+    pub name: String,
+    pub qty: i64,
+    pub unit_price_fen: i64,
+    pub amount_fen: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutView {
+    pub id: Uuid,
+    pub store_id: String,
+    pub member_id: Option<Uuid>,
+    pub lines: Vec<CheckoutLineView>,
+    pub payments: Vec<PaymentView>,
+    pub subtotal_fen: i64,
+    pub discount_fen: i64,
+    pub total_fen: i64,
+    pub points_earned: i64,
+    pub points_used: i64,
+    pub tier: String,
+    /// The member's stored value after this checkout (only in the checkout response).
+    pub balance_fen: Option<i64>,
+    /// The member's points after this checkout (only in the checkout response).
+    pub points: Option<i64>,
+    pub refunded: bool,
+    pub created_ms: u64,
+    /// A plain-text receipt for the till printer.
+    pub receipt: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutList {
+    pub checkouts: Vec<CheckoutView>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRefund {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RefundView {
+    pub id: Uuid,
+    pub checkout_id: Uuid,
+    pub amount_fen: i64,
+    pub balance_fen: Option<i64>,
+    pub points: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub store_id: String,
+}
