@@ -12,31 +12,15 @@ use chainsync_core::op::{Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleLi
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, IdGenerator, StoreId, limits};
 use rusqlite::{Connection, OptionalExtension};
-use serde::Serialize;
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::project;
-use crate::read;
-use crate::views::{
+use chainsync_replica::api::{ApiError, Reply};
+use chainsync_replica::views::{
     AmountInput, CheckoutView, MemberPatch, NewCheckout, NewMember, NewProduct, NewRecharge,
     NewRefund, ProductView, RechargeView, RefundView,
 };
-
-/// What a write answers: an HTTP status and a JSON body (kept as-is for idempotent replays).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    pub body: serde_json::Value,
-}
-
-impl Reply {
-    pub fn new<T: Serialize>(status: u16, body: &T) -> Result<Reply, ApiError> {
-        let body = serde_json::to_value(body).map_err(ApiError::internal)?;
-        Ok(Reply { status, body })
-    }
-}
+use chainsync_replica::{project, read};
 
 /// The writer's view of this store: identity, rules, and the counters that stamp operations.
 pub struct Local {
@@ -161,7 +145,7 @@ fn member_view(
     local: &Local,
     id: Uuid,
     now_ms: u64,
-) -> Result<crate::views::MemberView, ApiError> {
+) -> Result<chainsync_replica::views::MemberView, ApiError> {
     read::member(conn, id, &local.rules, now_ms)?.ok_or_else(ApiError::unknown_member)
 }
 
@@ -268,7 +252,7 @@ pub fn register_member(
     let (mut doc, change) = MemberDoc::create(&local.store, &profile, now_ms)?;
     let envelope = local.emit(conn, now_ms, OpV1::MemberChange { member_id, change })?;
     let origin = envelope.origin.clone();
-    project::project_member(conn, member_id, &mut doc, &origin, now_ms)?;
+    project::project_member(conn, member_id, &mut doc, &origin, envelope.hlc.wall_ms)?;
     Reply::new(201, &member_view(conn, local, member_id, now_ms)?)
 }
 
@@ -279,6 +263,8 @@ pub fn patch_member(
     request: MemberPatch,
     now_ms: u64,
 ) -> Result<Reply, ApiError> {
+    let member_id =
+        read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
     let saved: Option<Vec<u8>> = conn
         .query_row(
             "SELECT doc FROM members WHERE id = ?1",
@@ -349,9 +335,8 @@ pub fn recharge(
     if !matches!(method, "cash" | "external") {
         return Err(ApiError::invalid_field("method must be cash or external"));
     }
-    if !read::member_exists(conn, member_id)? {
-        return Err(ApiError::unknown_member());
-    }
+    let member_id =
+        read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
     let bonus = local
         .rules
         .recharge_bonus_for(amount)
@@ -512,7 +497,11 @@ pub fn checkout(
         let amount = positive_amount(payment.amount_fen, "payment amount_fen")?;
         payments.push(Payment { method, amount });
     }
-    let (tier, balances) = match request.member_id {
+    let member_id = match request.member_id {
+        Some(id) => Some(read::canonical_member(conn, id)?.ok_or_else(ApiError::unknown_member)?),
+        None => None,
+    };
+    let (tier, balances) = match member_id {
         Some(member_id) => {
             let balances = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
             let spend = read::spend_12m(conn, member_id, now_ms)?;
@@ -543,7 +532,7 @@ pub fn checkout(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let sale = SaleRecord {
         id: sale_id,
-        member_id: request.member_id,
+        member_id,
         lines: sale_lines,
         payments,
         subtotal: quote.subtotal,
@@ -556,13 +545,13 @@ pub fn checkout(
     };
     let envelope = local.emit(conn, now_ms, OpV1::Sale(sale.clone()))?;
     project::project_sale(conn, &sale, &envelope.origin)?;
-    if let Some(member_id) = request.member_id {
+    if let Some(member_id) = member_id {
         for movement in &quote.movements {
             local.emit_entry(conn, now_ms, member_id, *movement, Some(sale_id), None)?;
         }
     }
     let mut view: CheckoutView = read::sale_view(local.store.as_str(), &sale, false);
-    if let Some(member_id) = request.member_id {
+    if let Some(member_id) = member_id {
         let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
         view.balance_fen = Some(after.principal.0.saturating_add(after.bonus.0));
         view.points = Some(after.points);

@@ -2,9 +2,8 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -18,11 +17,11 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::auth::{Role, User};
-use crate::commands::{self, Reply};
-use crate::error::ApiError;
-use crate::read::{self, MemberQuery, ReadPool};
-use crate::views::*;
+use crate::commands;
 use crate::writer::{Idempotency, Writer};
+use chainsync_replica::api::{ApiError, Reply};
+use chainsync_replica::read::{self, MemberQuery, ReadPool};
+use chainsync_replica::views::*;
 
 /// Largest request body, in bytes.
 pub const request_body_bytes_max: usize = 256 * 1024;
@@ -35,26 +34,6 @@ pub struct AppState {
     pub reads: Arc<ReadPool>,
     pub store_id: String,
     pub rules: Arc<Rules>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
-        (status, Json(self.body)).into_response()
-    }
 }
 
 /// The authenticated caller.

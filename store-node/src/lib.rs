@@ -1,15 +1,15 @@
 //! store-node: one store's server. It keeps the store's replica in SQLite, takes checkouts and
 //! serves the cashier HTTP API, with nothing else running.
 //!
+//! The replica itself (schema, projection, queries, JSON views) is `chainsync-replica`, shared
+//! with the hub.
+//!
 //! Layout:
 //! - [`config`]: the data directory and `store.toml`.
 //! - [`db`]: opening SQLite (WAL, synchronous=FULL) and the numbered migrations.
 //! - [`auth`]: API users and their tokens (only hashes are stored).
 //! - [`writer`]: the one writer thread; commands are group-committed, each in a savepoint.
 //! - [`commands`]: what each write does, inside the writer's transaction.
-//! - [`project`]: replicated operations → the SQL tables people query.
-//! - [`read`]: the read pool and the queries behind the GET routes.
-//! - [`views`]: JSON request and response types (the HTTP edge only).
 //! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
 //!
 //! Architecture invariant: every change to replicated state goes through an operation in the
@@ -19,11 +19,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod db;
-pub mod error;
 pub mod http;
-pub mod project;
-pub mod read;
-pub mod views;
 pub mod writer;
 
 /// Wall-clock time in Unix ms. The only clock read in the store node's write path.

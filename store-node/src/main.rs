@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use chainsync_core::StoreId;
 use chainsync_core::rules::Rules;
+use chainsync_replica::read::ReadPool;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use store_node::auth::{self, Role};
 use store_node::commands::Local;
 use store_node::config::{self, StoreConfig};
 use store_node::http::{self, AppState};
-use store_node::read::ReadPool;
 use store_node::writer::Writer;
 use store_node::{db, now_ms};
 

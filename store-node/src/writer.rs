@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commands::{Local, Reply};
-use crate::error::ApiError;
+use crate::commands::Local;
+use chainsync_replica::api::{ApiError, Reply};
 
 /// Most requests committed in one transaction.
 pub const writer_batch_max: usize = 256;

@@ -261,6 +261,11 @@ impl MemberDoc {
         Ok(member)
     }
 
+    /// True if some applied change waits for a change that has not arrived yet.
+    pub fn has_missing_changes(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

@@ -1,6 +1,13 @@
 //! Projection: replicated operations → the tables people query. Every function here is
-//! idempotent (a repeated operation changes nothing), so local writes and, later, operations
-//! received from other replicas go through the same code.
+//! idempotent (a repeated operation changes nothing), so local writes and operations received
+//! from other replicas go through the same code.
+//!
+//! Duplicate members: two members with the same phone (registered at two stores while they
+//! were apart) are merged by a rule that only looks at the set of members: the one with the
+//! smallest id is canonical and the others get `merged_into` = its id. Nothing is deleted; the
+//! canonical member's balances, points and history are those of the whole group. Merge law:
+//! the result is a function of the set of (id, phone) pairs, so it is the same on every
+//! replica whatever the order in which the members arrived.
 
 use chainsync_core::StoreId;
 use chainsync_core::hlc::HlcTimestamp;
@@ -12,15 +19,23 @@ use uuid::Uuid;
 
 /// Record an operation. Returns false if it was already there (then project nothing).
 pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<bool> {
+    let member_id = match &envelope.op {
+        Op::V1(OpV1::MemberChange { member_id, .. }) => Some(*member_id),
+        Op::V1(OpV1::Ledger(entry)) => Some(entry.member_id),
+        Op::V1(OpV1::Sale(sale)) => sale.member_id,
+        Op::V1(OpV1::SaleRefund(refund)) => refund.member_id,
+        Op::V1(OpV1::ProductUpsert(_)) => None,
+    };
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             envelope.origin.as_str(),
             envelope.seq as i64,
             envelope.hlc.wall_ms as i64,
             envelope.hlc.counter,
             envelope.op.kind(),
+            member_id.map(|id| id.to_string()),
             envelope.op.encode(),
         ],
     )?;
@@ -39,6 +54,13 @@ pub fn project_member(
     let profile = doc.profile();
     let profile_json = serde_json::to_string(&profile).unwrap_or_default();
     let saved = doc.save();
+    let old_phone: Option<String> = conn
+        .query_row(
+            "SELECT phone FROM members WHERE id = ?1",
+            [member_id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
     conn.execute(
         "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -55,7 +77,26 @@ pub fn project_member(
             created_ms as i64,
         ],
     )?;
+    if let Some(old_phone) = old_phone.filter(|old| *old != profile.phone) {
+        merge_same_phone(conn, &old_phone)?;
+    }
+    merge_same_phone(conn, &profile.phone)?;
     refold_balances(conn, member_id)
+}
+
+/// Recompute which member is canonical among those with `phone` (see the module doc).
+pub fn merge_same_phone(conn: &Connection, phone: &str) -> rusqlite::Result<()> {
+    if phone.is_empty() {
+        return Ok(());
+    }
+    conn.execute(
+        "UPDATE members SET merged_into = CASE
+             WHEN id = (SELECT MIN(id) FROM members WHERE phone = ?1) THEN NULL
+             ELSE (SELECT MIN(id) FROM members WHERE phone = ?1) END
+         WHERE phone = ?1",
+        [phone],
+    )?;
+    Ok(())
 }
 
 /// Recompute a member's cached balances from the ledger.
@@ -262,4 +303,19 @@ pub fn apply_remote(
         }
     }
     Ok(true)
+}
+
+/// Every automerge change held for a member, in any order.
+pub fn member_changes(conn: &Connection, member_id: Uuid) -> Result<Vec<Vec<u8>>, ApplyError> {
+    let mut statement = conn
+        .prepare_cached("SELECT body FROM ops WHERE member_id = ?1 AND kind = 'member_change'")?;
+    let mut rows = statement.query([member_id.to_string()])?;
+    let mut changes = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: Vec<u8> = row.get(0)?;
+        if let Ok(Op::V1(OpV1::MemberChange { change, .. })) = Op::decode(&body) {
+            changes.push(change);
+        }
+    }
+    Ok(changes)
 }

@@ -38,6 +38,8 @@ pub struct MemberView {
     /// Net spend over the last 365 days, in 分.
     pub spend_12m_fen: i64,
     pub created_ms: u64,
+    /// Members registered separately with the same phone and merged into this one.
+    pub merged_from: Vec<Uuid>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -105,6 +107,8 @@ pub struct LedgerEntryView {
     pub reason: Option<String>,
     pub rule_version: u32,
     pub created_ms: u64,
+    /// The member record the entry was written against (differs after a merge).
+    pub member_id: Uuid,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

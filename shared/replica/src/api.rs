@@ -1,6 +1,13 @@
-//! The one error type of the HTTP API: a status, a stable code and a message for people.
+//! The HTTP edge both nodes share: the one error type (a status, a stable code and a message for
+//! people) and the reply of a write (a status and a JSON body).
 
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chainsync_core::checkout::CheckoutError;
+use serde::Serialize;
+
+use crate::views::{ErrorBody, ErrorDetail};
 use chainsync_core::member::MemberError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,5 +77,39 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::InsufficientPoints { .. } => "insufficient_points",
         };
         ApiError::new(422, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// What a write answers: an HTTP status and a JSON body (kept as-is for idempotent replays).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn new<T: Serialize>(status: u16, body: &T) -> Result<Reply, ApiError> {
+        let body = serde_json::to_value(body).map_err(ApiError::internal)?;
+        Ok(Reply { status, body })
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        (status, Json(self.body)).into_response()
     }
 }

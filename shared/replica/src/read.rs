@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::api::ApiError;
 use crate::views::{
     CheckoutLineView, CheckoutView, LedgerEntryView, LedgerView, MemberView, PaymentView,
     ProductView,
@@ -32,7 +32,7 @@ pub struct ReadPool {
 impl ReadPool {
     pub fn open(path: &Path, size: usize) -> anyhow::Result<ReadPool> {
         let connections = (0..size.max(1))
-            .map(|_| crate::db::open_reader(path).map(Mutex::new))
+            .map(|_| crate::sqlite::open_reader(path).map(Mutex::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(ReadPool {
             connections,
@@ -60,19 +60,45 @@ impl ReadPool {
 }
 
 pub fn member_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT 1 FROM members WHERE id = ?1",
-        [id.to_string()],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+    canonical_member(conn, id).map(|found| found.is_some())
 }
 
+/// The member that `id` stands for: itself, or the member it was merged into.
+pub fn canonical_member(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT COALESCE(merged_into, id) FROM members WHERE id = ?1",
+            [id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(found.and_then(|text| Uuid::parse_str(&text).ok()))
+}
+
+/// The ids of a canonical member's group: itself first, then the members merged into it.
+pub fn member_group(conn: &Connection, canonical: Uuid) -> rusqlite::Result<Vec<Uuid>> {
+    let mut statement =
+        conn.prepare_cached("SELECT id FROM members WHERE merged_into = ?1 ORDER BY id")?;
+    let merged = statement.query_map([canonical.to_string()], |row| row.get::<_, String>(0))?;
+    let mut group = vec![canonical];
+    for id in merged {
+        if let Ok(id) = Uuid::parse_str(&id?) {
+            group.push(id);
+        }
+    }
+    Ok(group)
+}
+
+/// Balances of a member (with every member merged into it). `None` if unknown.
 pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances>> {
+    let Some(canonical) = canonical_member(conn, id)? else {
+        return Ok(None);
+    };
     conn.query_row(
-        "SELECT principal_fen, bonus_fen, points FROM members WHERE id = ?1",
-        [id.to_string()],
+        "SELECT COALESCE(SUM(principal_fen), 0), COALESCE(SUM(bonus_fen), 0),
+                COALESCE(SUM(points), 0)
+         FROM members WHERE id = ?1 OR merged_into = ?1",
+        [canonical.to_string()],
         |row| {
             Ok(Balances {
                 principal: Fen(row.get(0)?),
@@ -84,13 +110,15 @@ pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances
     .optional()
 }
 
-/// Net spend (sales minus refunds) over the 365 days before `now_ms`.
+/// Net spend (sales minus refunds) over the 365 days before `now_ms`, for a member's group.
 pub fn spend_12m(conn: &Connection, id: Uuid, now_ms: u64) -> rusqlite::Result<Fen> {
     let since = now_ms.saturating_sub(tier_window_ms) as i64;
+    let canonical = canonical_member(conn, id)?.unwrap_or(id);
     conn.query_row(
         "SELECT COALESCE(SUM(total_fen - refunded_fen), 0) FROM sales
-         WHERE member_id = ?1 AND at_ms >= ?2",
-        params![id.to_string(), since],
+         WHERE at_ms >= ?2 AND member_id IN
+             (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)",
+        params![canonical.to_string(), since],
         |row| row.get(0).map(Fen),
     )
 }
@@ -105,9 +133,11 @@ fn member_from_row(
     let id = Uuid::parse_str(&id_text).map_err(ApiError::internal)?;
     let profile_json: String = row.get(1)?;
     let profile: Profile = serde_json::from_str(&profile_json).map_err(ApiError::internal)?;
-    let (principal, bonus, points): (i64, i64, i64) = (row.get(2)?, row.get(3)?, row.get(4)?);
     let created_ms: i64 = row.get(5)?;
+    let balances = balances(conn, id)?.unwrap_or_default();
+    let (principal, bonus, points) = (balances.principal.0, balances.bonus.0, balances.points);
     let spend = spend_12m(conn, id, now_ms)?;
+    let merged_from = member_group(conn, id)?.into_iter().skip(1).collect();
     Ok(MemberView {
         id,
         name: profile.name,
@@ -127,6 +157,7 @@ fn member_from_row(
         tier: rules.tier_for_spend(spend).name.clone(),
         spend_12m_fen: spend.0,
         created_ms: created_ms.max(0) as u64,
+        merged_from,
     })
 }
 
@@ -138,9 +169,12 @@ pub fn member(
     rules: &Rules,
     now_ms: u64,
 ) -> Result<Option<MemberView>, ApiError> {
+    let Some(canonical) = canonical_member(conn, id)? else {
+        return Ok(None);
+    };
     let sql = format!("SELECT {member_columns} FROM members WHERE id = ?1");
     let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query([id.to_string()])?;
+    let mut rows = statement.query([canonical.to_string()])?;
     match rows.next()? {
         Some(row) => member_from_row(conn, row, rules, now_ms).map(Some),
         None => Ok(None),
@@ -179,8 +213,8 @@ pub fn find_members(
         MemberQuery::All => ("?1 = ?1", String::new()),
     };
     let sql = format!(
-        "SELECT {member_columns} FROM members WHERE {condition} ORDER BY created_ms DESC, id
-         LIMIT ?2"
+        "SELECT {member_columns} FROM members WHERE merged_into IS NULL AND {condition}
+         ORDER BY created_ms DESC, id LIMIT ?2"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params![argument, limit])?;
@@ -191,11 +225,13 @@ pub fn find_members(
     Ok(members)
 }
 
+/// Every ledger entry of a member's group, newest first.
 pub fn ledger(conn: &Connection, member_id: Uuid) -> Result<LedgerView, ApiError> {
+    let member_id = canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
     let mut statement = conn.prepare_cached(
         "SELECT id, origin, seq, kind, account, amount, checkout_id, reason, rule_version,
-                hlc_wall_ms
-         FROM ledger WHERE member_id = ?1
+                hlc_wall_ms, member_id
+         FROM ledger WHERE member_id IN (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)
          ORDER BY hlc_wall_ms DESC, hlc_counter DESC, origin DESC, seq DESC",
     )?;
     let mut rows = statement.query([member_id.to_string()])?;
@@ -222,6 +258,7 @@ pub fn ledger(conn: &Connection, member_id: Uuid) -> Result<LedgerView, ApiError
             reason: row.get(7)?,
             rule_version: row.get(8)?,
             created_ms: row.get::<_, i64>(9)?.max(0) as u64,
+            member_id: Uuid::parse_str(&row.get::<_, String>(10)?).map_err(ApiError::internal)?,
         });
     }
     Ok(LedgerView {

@@ -1,0 +1,20 @@
+//! chainsync-replica: the SQLite replica that both `store-node` and `hq-hub` keep.
+//!
+//! Layout:
+//! - [`sqlite`]: connection settings and the replicated tables' schema.
+//! - [`project`]: replicated operations → the tables people query (idempotent), including the
+//!   deterministic merge of members registered twice with the same phone.
+//! - [`read`]: queries (members, ledger, checkouts, products) and the read-connection pool.
+//! - [`digest`]: a hash over the canonical replicated state: equal digests ⇔ converged.
+//! - [`views`]: the JSON shapes of the HTTP APIs.
+//! - [`api`]: the API error type and the reply of a write.
+//!
+//! Architecture invariant: a replica's queryable state is a pure function of the *set* of
+//! operations it holds, whatever order they arrived in.
+
+pub mod api;
+pub mod digest;
+pub mod project;
+pub mod read;
+pub mod sqlite;
+pub mod views;

@@ -1,0 +1,115 @@
+//! Opening SQLite for a replica, and the replicated tables' schema.
+//!
+//! WAL mode with `synchronous=FULL`: a commit is on disk (fsync) before it returns.
+
+use anyhow::Context;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// Apply the settings every connection needs.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Open a read-only connection (the schema must already exist).
+pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The replicated tables, version 1. Each binary lists this as one of its migrations.
+pub const replica_schema_v1: &str = r#"
+-- Every replicated operation, ours and (later) other stores'. (origin, seq) identifies one.
+CREATE TABLE ops (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    -- The member the operation concerns, if any (to rebuild a member's document).
+    member_id TEXT,
+    body BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+CREATE INDEX ops_member ON ops (member_id) WHERE member_id IS NOT NULL;
+
+-- Member documents (automerge bytes) and the fields people search on.
+CREATE TABLE members (
+    id TEXT PRIMARY KEY,
+    phone TEXT NOT NULL,
+    card_no TEXT NOT NULL,
+    name TEXT NOT NULL,
+    profile_json TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    origin TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    principal_fen INTEGER NOT NULL DEFAULT 0,
+    bonus_fen INTEGER NOT NULL DEFAULT 0,
+    points INTEGER NOT NULL DEFAULT 0,
+    -- Set when another member with the same phone is the canonical one (see project.rs).
+    merged_into TEXT
+) WITHOUT ROWID;
+CREATE INDEX members_merged_into ON members (merged_into) WHERE merged_into IS NOT NULL;
+CREATE INDEX members_phone ON members (phone);
+CREATE INDEX members_card_no ON members (card_no);
+CREATE INDEX members_name ON members (name);
+
+CREATE TABLE ledger (
+    id TEXT PRIMARY KEY,
+    member_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    account TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    checkout_id TEXT,
+    reason TEXT,
+    rule_version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ledger_member ON ledger (member_id, hlc_wall_ms, hlc_counter);
+CREATE INDEX ledger_checkout ON ledger (checkout_id);
+
+CREATE TABLE sales (
+    id TEXT PRIMARY KEY,
+    member_id TEXT,
+    origin TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    total_fen INTEGER NOT NULL,
+    refunded_fen INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sales_member_at ON sales (member_id, at_ms);
+CREATE INDEX sales_at ON sales (at_ms);
+
+CREATE TABLE refunds (
+    id TEXT PRIMARY KEY,
+    sale_id TEXT NOT NULL,
+    member_id TEXT,
+    origin TEXT NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX refunds_sale ON refunds (sale_id);
+
+CREATE TABLE products (
+    sku TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    price_fen INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+
+"#;
