@@ -9,6 +9,8 @@
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
 //! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
 //! - [`op`]: the replicated operations (versioned) that every local write produces.
+//! - [`sync`]: the store ↔ hub sync protocol as two sans-IO state machines.
+//! - [`sync_memory`]: in-memory storage for the sync machines (tests, simulation).
 //! - [`limits`]: every size and count limit, in one place.
 //!
 //! Architecture invariant: nothing here reads a clock, a random source, a file or a socket.
@@ -23,6 +25,8 @@ pub mod member;
 pub mod money;
 pub mod op;
 pub mod rules;
+pub mod sync;
+pub mod sync_memory;
 
 pub use hlc::{Hlc, HlcTimestamp};
 pub use id::{IdGenerator, StoreId};

@@ -1,0 +1,666 @@
+//! The sync protocol between a store and the hub, as two pure state machines.
+//!
+//! Model. Every replica holds a set of operations identified by `(origin, seq)`; a store's own
+//! operations are numbered 1, 2, 3, … without gaps. The hub keeps every operation it has
+//! accepted in one log, numbered by `hub_seq` in the order it accepted them. Because a store
+//! only builds on operations it received from the hub, the hub log's order respects causality.
+//!
+//! One session runs over one ordered, reliable stream (a QUIC stream):
+//!
+//! ```text
+//! store                                   hub
+//!   Hello{version, store, own_seq_max, relay_cursor} ─▶   (identity must match the certificate)
+//!   ◀─ Welcome{version, acked_seq, log_head}
+//!   Push{own ops after acked_seq} ─▶                     (made durable, then acknowledged)
+//!   ◀─ PushAck{acked_seq}
+//!   ◀─ Relay{other stores' ops with hub_seq in (cursor, upto]}
+//!   RelayAck{cursor = upto} ─▶                           (after the store made them durable)
+//! ```
+//!
+//! Both directions keep at most `sync_window_batches_max` batches unacknowledged. Every step is
+//! idempotent: duplicates are ignored by `(origin, seq)` and cursors only move forward, so a
+//! session cut at any point simply resumes from the durable cursors in the next one, and a
+//! duplicated or reordered message changes nothing (a Push past a gap is ignored up to the gap;
+//! a retransmit timer resends from the last acknowledgement).
+//!
+//! Calling order for both machines: construct, then loop { `handle_message` for each message
+//! received, `handle_local_write` / `handle_log_grew` when new operations exist,
+//! `handle_timeout(now)` periodically; send everything `poll_transmit` returns }. Storage is
+//! reached through the [`StoreSide`] and [`HubSide`] traits, so the machines run unchanged over
+//! SQLite in the binaries and over memory in the simulation.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+use crate::id::StoreId;
+use crate::op::{Envelope, Op, OpV1};
+
+/// The protocol version this build speaks.
+pub const protocol_version_current: u16 = 1;
+/// The oldest version the hub still serves (a hub serves stores one version older).
+pub const protocol_version_min: u16 = 1;
+
+/// Most operations in one Push or Relay batch.
+pub const sync_batch_ops_max: usize = 256;
+/// Most unacknowledged batches in flight, each way.
+pub const sync_window_batches_max: usize = 4;
+/// Largest encoded message, in bytes (checked before decoding).
+pub const sync_message_bytes_max: usize = 8 * 1024 * 1024;
+/// Resend from the last acknowledgement if nothing was acknowledged for this long.
+pub const sync_retransmit_ms: u64 = 5_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    V1(MessageV1),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageV1 {
+    Hello {
+        protocol_version: u16,
+        store_id: StoreId,
+        own_seq_max: u64,
+        relay_cursor: u64,
+    },
+    Welcome {
+        protocol_version: u16,
+        acked_seq: u64,
+        log_head: u64,
+    },
+    Push {
+        ops: Vec<Envelope>,
+    },
+    PushAck {
+        acked_seq: u64,
+    },
+    /// Other stores' operations at log positions in (`from`, `upto`].
+    Relay {
+        ops: Vec<RelayedOp>,
+        from: u64,
+        upto: u64,
+        log_head: u64,
+    },
+    RelayAck {
+        cursor: u64,
+    },
+    Refused {
+        reason: RefuseReason,
+        message: String,
+    },
+}
+
+/// An operation as relayed by the hub, with its position in the hub's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedOp {
+    pub hub_seq: u64,
+    pub envelope: Envelope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    UnsupportedVersion,
+    IdentityMismatch,
+    ForeignOrigin,
+    InvalidOperation,
+    Revoked,
+    ProtocolViolation,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("message is malformed: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        if bytes.len() > sync_message_bytes_max {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: sync_message_bytes_max,
+            });
+        }
+        Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("refused by the hub ({reason:?}): {message}")]
+    Refused {
+        reason: RefuseReason,
+        message: String,
+    },
+    #[error("refused the peer ({reason:?}): {message}")]
+    RefusedPeer {
+        reason: RefuseReason,
+        message: String,
+    },
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// What a store's storage offers the sync session.
+pub trait StoreSide {
+    type Error: std::fmt::Display;
+    /// Highest sequence number of our own operations.
+    fn own_seq_max(&self) -> Result<u64, Self::Error>;
+    /// Our own operations with `seq > after`, in order, at most `limit`.
+    fn own_ops_after(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, Self::Error>;
+    /// How far into the hub's log we have durably applied.
+    fn relay_cursor(&self) -> Result<u64, Self::Error>;
+    /// Durably apply relayed operations and move the cursor to `upto`, in one transaction.
+    /// Must ignore operations already held, and do nothing if `upto` is not past the cursor.
+    fn apply_relayed(&mut self, ops: &[RelayedOp], upto: u64) -> Result<(), Self::Error>;
+    /// Remember that the hub holds our operations up to `acked_seq` (for status).
+    fn record_hub_acked(&mut self, acked_seq: u64) -> Result<(), Self::Error>;
+}
+
+/// What the hub's storage offers a sync session.
+pub trait HubSide {
+    type Error: std::fmt::Display;
+    /// Highest sequence of `store`'s operations the hub holds without gaps.
+    fn acked_seq(&self, store: &StoreId) -> Result<u64, Self::Error>;
+    /// Durably add operations pushed by `store` (all already checked to be its own):
+    /// duplicates are skipped, a gap stops the batch. Returns the new acked sequence.
+    fn ingest(&mut self, store: &StoreId, ops: &[Envelope]) -> Result<u64, Self::Error>;
+    /// The last `hub_seq` in the log.
+    fn log_head(&self) -> Result<u64, Self::Error>;
+    /// Other stores' operations with `hub_seq > after`, at most `limit` log positions
+    /// scanned; returns them and the last position scanned (`after` if none).
+    fn relay_after(
+        &self,
+        store: &StoreId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<RelayedOp>, u64), Self::Error>;
+    /// Remember that `store` durably holds the log up to `cursor` (for status and lag).
+    fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), Self::Error>;
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> SyncError {
+    SyncError::Storage(e.to_string())
+}
+
+/// Batches sent and not yet acknowledged: the upper cursor of each, oldest first.
+#[derive(Debug, Default)]
+struct Window {
+    in_flight: VecDeque<u64>,
+    last_progress_ms: u64,
+}
+
+impl Window {
+    fn is_full(&self) -> bool {
+        self.in_flight.len() >= sync_window_batches_max
+    }
+    fn acknowledge(&mut self, cursor: u64, now_ms: u64) {
+        let before = self.in_flight.len();
+        while self.in_flight.front().is_some_and(|&upto| upto <= cursor) {
+            self.in_flight.pop_front();
+        }
+        if self.in_flight.len() != before {
+            self.last_progress_ms = now_ms;
+        }
+    }
+    fn stalled(&self, now_ms: u64) -> bool {
+        !self.in_flight.is_empty()
+            && now_ms.saturating_sub(self.last_progress_ms) >= sync_retransmit_ms
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreSessionState {
+    /// Hello sent, no Welcome yet: the link does not count as up.
+    AwaitingWelcome,
+    Ready,
+}
+
+/// The store's end of a session.
+#[derive(Debug)]
+pub struct StoreSession {
+    store_id: StoreId,
+    state: StoreSessionState,
+    /// Highest own seq sent in this session.
+    pushed_upto: u64,
+    /// Highest own seq the hub acknowledged.
+    hub_acked: u64,
+    /// Last known end of the hub's log.
+    log_head: u64,
+    push_window: Window,
+    outbox: VecDeque<Message>,
+}
+
+impl StoreSession {
+    pub fn new<S: StoreSide>(
+        store_id: StoreId,
+        side: &S,
+        now_ms: u64,
+    ) -> Result<StoreSession, SyncError> {
+        let hello = MessageV1::Hello {
+            protocol_version: protocol_version_current,
+            store_id: store_id.clone(),
+            own_seq_max: side.own_seq_max().map_err(storage)?,
+            relay_cursor: side.relay_cursor().map_err(storage)?,
+        };
+        Ok(StoreSession {
+            store_id,
+            state: StoreSessionState::AwaitingWelcome,
+            pushed_upto: 0,
+            hub_acked: 0,
+            log_head: 0,
+            push_window: Window {
+                in_flight: VecDeque::new(),
+                last_progress_ms: now_ms,
+            },
+            outbox: VecDeque::from([Message::V1(hello)]),
+        })
+    }
+
+    pub fn state(&self) -> StoreSessionState {
+        self.state
+    }
+
+    pub fn hub_acked(&self) -> u64 {
+        self.hub_acked
+    }
+
+    pub fn log_head(&self) -> u64 {
+        self.log_head
+    }
+
+    /// True when every own operation is acknowledged and nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.state == StoreSessionState::Ready
+            && self.push_window.in_flight.is_empty()
+            && self.outbox.is_empty()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    pub fn handle_message<S: StoreSide>(
+        &mut self,
+        message: Message,
+        side: &mut S,
+        now_ms: u64,
+    ) -> Result<(), SyncError> {
+        let Message::V1(message) = message;
+        match (self.state, message) {
+            (_, MessageV1::Refused { reason, message }) => {
+                Err(SyncError::Refused { reason, message })
+            }
+            (
+                StoreSessionState::AwaitingWelcome,
+                MessageV1::Welcome {
+                    protocol_version: v,
+                    acked_seq,
+                    log_head,
+                },
+            ) => {
+                if !(protocol_version_min..=protocol_version_current).contains(&v) {
+                    return Err(SyncError::Protocol(format!("hub speaks version {v}")));
+                }
+                let own_seq_max = side.own_seq_max().map_err(storage)?;
+                if acked_seq > own_seq_max {
+                    return Err(SyncError::Protocol(format!(
+                        "hub holds our operations up to {acked_seq} but we only have {own_seq_max}: \
+                         this store's data is older than what it sent (restore the newest backup)"
+                    )));
+                }
+                self.state = StoreSessionState::Ready;
+                self.hub_acked = acked_seq;
+                self.pushed_upto = acked_seq;
+                self.log_head = log_head;
+                self.push_window.last_progress_ms = now_ms;
+                side.record_hub_acked(acked_seq).map_err(storage)?;
+                self.fill_push_window(side)
+            }
+            (StoreSessionState::Ready, MessageV1::PushAck { acked_seq }) => {
+                if acked_seq > self.pushed_upto {
+                    return Err(SyncError::Protocol(format!(
+                        "hub acknowledged {acked_seq}, beyond the {} we sent",
+                        self.pushed_upto
+                    )));
+                }
+                if acked_seq > self.hub_acked {
+                    self.hub_acked = acked_seq;
+                    side.record_hub_acked(acked_seq).map_err(storage)?;
+                }
+                self.push_window.acknowledge(acked_seq, now_ms);
+                self.fill_push_window(side)
+            }
+            (
+                StoreSessionState::Ready,
+                MessageV1::Relay {
+                    ops,
+                    from,
+                    upto,
+                    log_head,
+                },
+            ) => {
+                let cursor = side.relay_cursor().map_err(storage)?;
+                self.log_head = self.log_head.max(log_head);
+                for op in &ops {
+                    if op.hub_seq <= from || op.hub_seq > upto {
+                        return Err(SyncError::Protocol(format!(
+                            "relayed position {} outside ({from}, {upto}]",
+                            op.hub_seq
+                        )));
+                    }
+                    if op.envelope.origin == self.store_id {
+                        return Err(SyncError::Protocol("hub relayed our own operation".into()));
+                    }
+                }
+                // Apply only a batch that continues from our cursor: one that starts past it
+                // would leave a hole (an earlier batch was lost); the hub resends from our ack.
+                if from <= cursor && upto > cursor {
+                    let fresh: Vec<RelayedOp> =
+                        ops.into_iter().filter(|op| op.hub_seq > cursor).collect();
+                    side.apply_relayed(&fresh, upto).map_err(storage)?;
+                }
+                let cursor = side.relay_cursor().map_err(storage)?;
+                self.outbox
+                    .push_back(Message::V1(MessageV1::RelayAck { cursor }));
+                Ok(())
+            }
+            (state, other) => Err(SyncError::Protocol(format!(
+                "unexpected {} in state {state:?}",
+                message_name(&other)
+            ))),
+        }
+    }
+
+    /// New own operations were written locally.
+    pub fn handle_local_write<S: StoreSide>(&mut self, side: &mut S) -> Result<(), SyncError> {
+        if self.state == StoreSessionState::Ready {
+            self.fill_push_window(side)?;
+        }
+        Ok(())
+    }
+
+    /// Resend from the last acknowledgement if the hub has gone quiet.
+    pub fn handle_timeout<S: StoreSide>(
+        &mut self,
+        side: &mut S,
+        now_ms: u64,
+    ) -> Result<(), SyncError> {
+        if self.state == StoreSessionState::Ready && self.push_window.stalled(now_ms) {
+            self.pushed_upto = self.hub_acked;
+            self.push_window = Window {
+                in_flight: VecDeque::new(),
+                last_progress_ms: now_ms,
+            };
+            self.fill_push_window(side)?;
+        }
+        Ok(())
+    }
+
+    fn fill_push_window<S: StoreSide>(&mut self, side: &mut S) -> Result<(), SyncError> {
+        while !self.push_window.is_full() {
+            let ops = side
+                .own_ops_after(self.pushed_upto, sync_batch_ops_max)
+                .map_err(storage)?;
+            let Some(last) = ops.last() else { break };
+            self.pushed_upto = last.seq;
+            self.push_window.in_flight.push_back(last.seq);
+            self.outbox.push_back(Message::V1(MessageV1::Push { ops }));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubSessionState {
+    AwaitingHello,
+    Ready,
+    /// The peer was refused; send the Refused message, then close.
+    Closed,
+}
+
+/// The hub's end of a session with one store, whose identity comes from its certificate.
+#[derive(Debug)]
+pub struct HubSession {
+    store_id: StoreId,
+    state: HubSessionState,
+    relay_sent: u64,
+    relay_acked: u64,
+    relay_window: Window,
+    outbox: VecDeque<Message>,
+}
+
+impl HubSession {
+    /// `store_id` is the identity proven by the peer's certificate.
+    pub fn new(store_id: StoreId, now_ms: u64) -> HubSession {
+        HubSession {
+            store_id,
+            state: HubSessionState::AwaitingHello,
+            relay_sent: 0,
+            relay_acked: 0,
+            relay_window: Window {
+                in_flight: VecDeque::new(),
+                last_progress_ms: now_ms,
+            },
+            outbox: VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> HubSessionState {
+        self.state
+    }
+
+    pub fn store_id(&self) -> &StoreId {
+        &self.store_id
+    }
+
+    pub fn relay_acked(&self) -> u64 {
+        self.relay_acked
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    fn refuse(&mut self, reason: RefuseReason, message: String) -> SyncError {
+        self.state = HubSessionState::Closed;
+        self.outbox.clear();
+        self.outbox.push_back(Message::V1(MessageV1::Refused {
+            reason,
+            message: message.clone(),
+        }));
+        SyncError::RefusedPeer { reason, message }
+    }
+
+    pub fn handle_message<H: HubSide>(
+        &mut self,
+        message: Message,
+        side: &mut H,
+        now_ms: u64,
+    ) -> Result<(), SyncError> {
+        let Message::V1(message) = message;
+        match (self.state, message) {
+            (HubSessionState::Closed, _) => Err(SyncError::Protocol("session is closed".into())),
+            (
+                HubSessionState::AwaitingHello,
+                MessageV1::Hello {
+                    protocol_version: v,
+                    store_id,
+                    own_seq_max: _,
+                    relay_cursor,
+                },
+            ) => {
+                if !(protocol_version_min..=protocol_version_current).contains(&v) {
+                    return Err(self.refuse(
+                        RefuseReason::UnsupportedVersion,
+                        format!("protocol version {v} is not served (supported {protocol_version_min}..={protocol_version_current})"),
+                    ));
+                }
+                if store_id != self.store_id {
+                    return Err(self.refuse(
+                        RefuseReason::IdentityMismatch,
+                        format!(
+                            "certificate is for store {} but Hello says {store_id}",
+                            self.store_id
+                        ),
+                    ));
+                }
+                let head = side.log_head().map_err(storage)?;
+                let relay_cursor = relay_cursor.min(head);
+                let acked_seq = side.acked_seq(&self.store_id).map_err(storage)?;
+                self.state = HubSessionState::Ready;
+                self.relay_sent = relay_cursor;
+                self.relay_acked = relay_cursor;
+                self.relay_window.last_progress_ms = now_ms;
+                self.outbox.push_back(Message::V1(MessageV1::Welcome {
+                    protocol_version: v,
+                    acked_seq,
+                    log_head: head,
+                }));
+                side.record_relay_acked(&self.store_id, relay_cursor)
+                    .map_err(storage)?;
+                self.fill_relay_window(side)
+            }
+            (HubSessionState::Ready, MessageV1::Push { ops }) => {
+                if ops.len() > sync_batch_ops_max {
+                    return Err(self.refuse(
+                        RefuseReason::ProtocolViolation,
+                        format!("a Push holds at most {sync_batch_ops_max} operations"),
+                    ));
+                }
+                for envelope in &ops {
+                    if envelope.origin != self.store_id {
+                        return Err(self.refuse(
+                            RefuseReason::ForeignOrigin,
+                            format!(
+                                "store {} sent an operation of store {}",
+                                self.store_id, envelope.origin
+                            ),
+                        ));
+                    }
+                    if let Err(problem) = check_operation(envelope) {
+                        return Err(self.refuse(RefuseReason::InvalidOperation, problem));
+                    }
+                }
+                let acked_seq = side.ingest(&self.store_id, &ops).map_err(storage)?;
+                self.outbox
+                    .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
+                Ok(())
+            }
+            (HubSessionState::Ready, MessageV1::RelayAck { cursor }) => {
+                if cursor > self.relay_sent {
+                    return Err(self.refuse(
+                        RefuseReason::ProtocolViolation,
+                        format!(
+                            "acknowledged {cursor}, beyond the {} relayed",
+                            self.relay_sent
+                        ),
+                    ));
+                }
+                if cursor > self.relay_acked {
+                    self.relay_acked = cursor;
+                    side.record_relay_acked(&self.store_id, cursor)
+                        .map_err(storage)?;
+                }
+                self.relay_window.acknowledge(cursor, now_ms);
+                self.fill_relay_window(side)
+            }
+            (state, other) => {
+                let problem = format!("unexpected {} in state {state:?}", message_name(&other));
+                Err(self.refuse(RefuseReason::ProtocolViolation, problem))
+            }
+        }
+    }
+
+    /// The log grew (another store pushed): relay if the window allows.
+    pub fn handle_log_grew<H: HubSide>(&mut self, side: &mut H) -> Result<(), SyncError> {
+        if self.state == HubSessionState::Ready {
+            self.fill_relay_window(side)?;
+        }
+        Ok(())
+    }
+
+    pub fn handle_timeout<H: HubSide>(
+        &mut self,
+        side: &mut H,
+        now_ms: u64,
+    ) -> Result<(), SyncError> {
+        if self.state == HubSessionState::Ready && self.relay_window.stalled(now_ms) {
+            self.relay_sent = self.relay_acked;
+            self.relay_window = Window {
+                in_flight: VecDeque::new(),
+                last_progress_ms: now_ms,
+            };
+            self.fill_relay_window(side)?;
+        }
+        Ok(())
+    }
+
+    fn fill_relay_window<H: HubSide>(&mut self, side: &mut H) -> Result<(), SyncError> {
+        while !self.relay_window.is_full() {
+            let (ops, upto) = side
+                .relay_after(&self.store_id, self.relay_sent, sync_batch_ops_max)
+                .map_err(storage)?;
+            if upto <= self.relay_sent {
+                break;
+            }
+            let from = self.relay_sent;
+            self.relay_sent = upto;
+            self.relay_window.in_flight.push_back(upto);
+            let log_head = side.log_head().map_err(storage)?;
+            self.outbox.push_back(Message::V1(MessageV1::Relay {
+                ops,
+                from,
+                upto,
+                log_head,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Shape checks on an operation from outside, before anything stores it.
+pub fn check_operation(envelope: &Envelope) -> Result<(), String> {
+    if envelope.seq == 0 {
+        return Err("sequence numbers start at 1".into());
+    }
+    match &envelope.op {
+        Op::V1(OpV1::Ledger(entry)) => {
+            if entry.origin != envelope.origin
+                || entry.seq != envelope.seq
+                || entry.hlc != envelope.hlc
+            {
+                return Err(format!(
+                    "ledger entry {} disagrees with its envelope",
+                    entry.id
+                ));
+            }
+            entry
+                .validate()
+                .map_err(|e| format!("ledger entry {}: {e}", entry.id))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn message_name(message: &MessageV1) -> &'static str {
+    match message {
+        MessageV1::Hello { .. } => "Hello",
+        MessageV1::Welcome { .. } => "Welcome",
+        MessageV1::Push { .. } => "Push",
+        MessageV1::PushAck { .. } => "PushAck",
+        MessageV1::Relay { .. } => "Relay",
+        MessageV1::RelayAck { .. } => "RelayAck",
+        MessageV1::Refused { .. } => "Refused",
+    }
+}
+
+#[cfg(test)]
+mod tests;
