@@ -223,6 +223,19 @@ fn register_recharge_checkout_refund_and_ledger() -> Result<()> {
         spend == 2_697 + 6_596 || spend == 2_697 + 6_576,
         "spend should grow by the checkout: {m}"
     );
+    let mut paid: Vec<(String, i64)> = array(&c2, "payments")?
+        .iter()
+        .map(|p| Ok((string(p, "method")?, int(p, "amount_fen")?)))
+        .collect::<Result<_>>()?;
+    paid.sort();
+    assert_eq!(
+        paid,
+        vec![
+            ("points".to_owned(), 20),
+            ("stored_value".to_owned(), 6_576)
+        ],
+        "payments are echoed: {c2}"
+    );
     let fetched = node.get_checkout(&c2_id)?;
     for field in [
         "id",
@@ -287,11 +300,23 @@ fn register_recharge_checkout_refund_and_ledger() -> Result<()> {
         "{m}"
     );
 
+    // --- paying entirely with points earns none -----------------------------------------
+    let c4 = node.checkout(&json!({
+        "member_id": id,
+        "lines": [{"sku": "SKU-C", "qty": 1}],
+        "payments": [{"method": "points", "amount_fen": 99}],
+    }))?;
+    let c4_id = string(&c4, "id")?;
+    assert_eq!(int(&c4, "points_used")?, 99, "{c4}");
+    assert_eq!(int(&c4, "points_earned")?, 0, "{c4}");
+    assert_eq!(int(&c4, "points")?, 26 + 525 - 99, "{c4}");
+    assert_eq!(int(&c4, "balance_fen")?, 2_500, "{c4}");
+
     // --- checkouts newest first ---------------------------------------------------------
     let list = node.checkouts(10)?;
     assert_eq!(
         ids(&list),
-        vec![c3_id.clone(), c2_id.clone(), c1_id.clone()],
+        vec![c4_id.clone(), c3_id.clone(), c2_id.clone(), c1_id.clone()],
         "checkouts newest first"
     );
 
@@ -299,14 +324,16 @@ fn register_recharge_checkout_refund_and_ledger() -> Result<()> {
     let ledger = node.ledger(&id)?;
     assert_eq!(ledger["member_id"], id.as_str());
     let entries = array(&ledger, "entries")?;
-    let (c1s, c2s, c3s) = (
+    let (c1s, c2s, c3s, c4s) = (
         Some(c1_id.as_str()),
         Some(c2_id.as_str()),
         Some(c3_id.as_str()),
+        Some(c4_id.as_str()),
     );
     assert_ledger_groups(
         entries,
         &[
+            ("checkout 4", vec![e("points_redeem", "points", -99, c4s)]),
             (
                 "checkout 3",
                 vec![
@@ -531,5 +558,88 @@ fn edit_member_profile() -> Result<()> {
             .any(|m| m["id"] == id.as_str()),
         "q matches a card number fragment: {found}"
     );
+    Ok(())
+}
+
+#[test]
+fn bonus_threshold_anonymous_sale_and_price_change() -> Result<()> {
+    let node = StoreNode::start_temp()?;
+    let id = string(&node.register("郑十", "137 1234 5678")?, "id")?;
+
+    // ¥499.99 is below the bonus step; ¥500 by external payment gets +10 %.
+    let r1 = node.recharge(&id, 49_999)?;
+    assert_eq!(
+        (int(&r1, "bonus_fen")?, int(&r1, "balance_fen")?),
+        (0, 49_999),
+        "{r1}"
+    );
+    let (status, r2) = node.post(
+        &format!("/api/v1/members/{id}/recharges"),
+        &json!({"amount_fen": 50_000, "method": "external"}),
+    )?;
+    assert_eq!(status, 201, "{r2}");
+    assert_eq!(
+        (int(&r2, "bonus_fen")?, int(&r2, "balance_fen")?),
+        (5_000, 104_999),
+        "{r2}"
+    );
+    let m = node.member(&id)?;
+    assert_eq!(
+        (int(&m, "principal_fen")?, int(&m, "bonus_fen")?),
+        (99_999, 5_000),
+        "{m}"
+    );
+    assert_ne!(r1["id"], r2["id"]);
+
+    // A walk-in customer pays cash: no member, no points, no discount.
+    let first = node.add_product("TEA", "绿茶", 350)?;
+    assert_eq!(first["price_fen"], 350);
+    let walk_in = node.checkout(&json!({
+        "lines": [{"sku": "TEA", "qty": 2}],
+        "payments": [{"method": "cash", "amount_fen": 700}],
+    }))?;
+    assert_eq!(walk_in["member_id"], Value::Null, "{walk_in}");
+    assert_eq!(int(&walk_in, "total_fen")?, 700, "{walk_in}");
+    assert_eq!(int(&walk_in, "discount_fen")?, 0, "{walk_in}");
+    assert_eq!(int(&walk_in, "points_earned")?, 0, "{walk_in}");
+
+    // The manager changes the price: 200 (replaced), new sales use it, old ones keep theirs.
+    let (status, replaced) = node.api().post(
+        "/api/v1/products",
+        Some(&node.manager),
+        &json!({"sku": "TEA", "name": "绿茶 (新)", "price_fen": 400}),
+        None,
+    )?;
+    assert_eq!(status, 200, "replacing a SKU answers 200: {replaced}");
+    assert_eq!(replaced["price_fen"], 400, "{replaced}");
+    let (_, products) = node.get("/api/v1/products")?;
+    let teas: Vec<&Value> = array(&products, "products")?
+        .iter()
+        .filter(|p| p["sku"] == "TEA")
+        .collect();
+    assert_eq!(teas.len(), 1, "one product per SKU: {products}");
+    assert_eq!(teas[0]["price_fen"], 400, "{products}");
+    let (status, body) = node.post(
+        "/api/v1/checkouts",
+        &json!({"lines": [{"sku": "TEA", "qty": 1}], "payments": [{"method": "cash", "amount_fen": 350}]}),
+    )?;
+    assert_eq!(
+        (status, tests::error_code(&body)),
+        (422, Some("payments_mismatch")),
+        "the old price is no longer due: {body}"
+    );
+    let later = node.checkout(&json!({
+        "member_id": id,
+        "lines": [{"sku": "TEA", "qty": 1}],
+        "payments": [{"method": "stored_value", "amount_fen": 400}],
+    }))?;
+    assert_eq!(later["lines"][0]["unit_price_fen"], 400, "{later}");
+    assert_eq!(later["lines"][0]["name"], "绿茶 (新)", "{later}");
+    let old = node.get_checkout(&string(&walk_in, "id")?)?;
+    assert_eq!(
+        old["lines"][0]["unit_price_fen"], 350,
+        "history keeps its price: {old}"
+    );
+    assert_eq!(old["lines"][0]["name"], "绿茶", "{old}");
     Ok(())
 }

@@ -176,3 +176,108 @@ fn sigterm_stops_cleanly_and_keeps_data() -> Result<()> {
     assert_eq!(status, 200, "{health}");
     Ok(())
 }
+
+/// Kill -9 while checkouts are in flight: every acknowledged one is there afterwards, and
+/// every checkout that is there is whole (its ledger entries are exactly its total).
+#[test]
+fn kill9_mid_burst_leaves_whole_checkouts_only() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    const kill_after: usize = 80;
+    const per_thread_max: usize = 50;
+    let mut node = StoreNode::start_temp()?;
+    let member_id = string(&node.register("孙九", "15000000009")?, "id")?;
+    node.recharge(&member_id, 500_000)?;
+    let start = int(&node.member(&member_id)?, "balance_fen")?;
+    for (sku, price) in prices {
+        node.add_product(sku, &format!("商品 {sku}"), price)?;
+    }
+
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
+    let (reached_tx, reached_rx) = mpsc::channel::<()>();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let api = node.api().clone();
+            let token = node.cashier.clone();
+            let member_id = member_id.clone();
+            let acked = std::sync::Arc::clone(&acked);
+            let reached_tx = reached_tx.clone();
+            std::thread::spawn(move || -> Vec<(String, i64)> {
+                let mut done = Vec::new();
+                for n in 0..per_thread_max {
+                    let i = n * threads + t;
+                    let reply = api.post(
+                        "/api/v1/checkouts",
+                        Some(&token),
+                        &burst_body(&member_id, i),
+                        None,
+                    );
+                    // Transport errors and refusals end this thread (the node is gone).
+                    let Ok((201, body)) = reply else { break };
+                    let Some(id) = body["id"].as_str() else { break };
+                    done.push((id.to_owned(), burst_due(i)));
+                    if acked.fetch_add(1, Ordering::SeqCst) + 1 == kill_after {
+                        let _ = reached_tx.send(());
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    drop(reached_tx);
+    // Wait (bounded) for the kill point; if every thread ends first, kill anyway.
+    let _ = reached_rx.recv_timeout(std::time::Duration::from_secs(60));
+    node.kill9()?;
+    let mut acknowledged = Vec::new();
+    for handle in handles {
+        match handle.join() {
+            Ok(done) => acknowledged.extend(done),
+            Err(_) => bail!("a checkout thread panicked"),
+        }
+    }
+    assert!(
+        acknowledged.len() >= kill_after,
+        "only {} checkouts were acknowledged before the kill",
+        acknowledged.len()
+    );
+
+    node.restart()?;
+    let listed = node.checkouts(500)?;
+    eprintln!(
+        "{} checkouts acknowledged before kill -9, {} stored",
+        acknowledged.len(),
+        listed.len()
+    );
+    let present: std::collections::BTreeMap<String, i64> = listed
+        .iter()
+        .map(|c| Ok((string(c, "id")?, int(c, "total_fen")?)))
+        .collect::<Result<_>>()?;
+    assert_eq!(present.len(), listed.len(), "no checkout listed twice");
+    for (id, due) in &acknowledged {
+        assert_eq!(
+            present.get(id),
+            Some(due),
+            "acknowledged checkout {id} lost after kill -9"
+        );
+    }
+    let ledger = node.ledger(&member_id)?;
+    let mut spent_by_checkout = std::collections::BTreeMap::<String, i64>::new();
+    for entry in array(&ledger, "entries")? {
+        if entry["kind"] == "spend" {
+            let id = string(entry, "checkout_id")?;
+            *spent_by_checkout.entry(id).or_default() -= int(entry, "amount")?;
+        }
+    }
+    assert_eq!(
+        spent_by_checkout, present,
+        "each stored checkout has exactly its spend entries, and no spend is orphaned"
+    );
+    let spent: i64 = present.values().sum();
+    let member = node.member(&member_id)?;
+    let (stored, points) = ledger_sums(&ledger)?;
+    assert_eq!(int(&member, "balance_fen")?, start - spent, "{member}");
+    assert_eq!(stored, start - spent);
+    assert_eq!(int(&member, "points")?, points);
+    Ok(())
+}
