@@ -643,3 +643,59 @@ fn bonus_threshold_anonymous_sale_and_price_change() -> Result<()> {
     assert_eq!(old["lines"][0]["name"], "绿茶", "{old}");
     Ok(())
 }
+
+/// Two tills charging the same card at once can never take more than the balance.
+#[test]
+fn concurrent_stored_value_payments_never_overdraw() -> Result<()> {
+    let node = StoreNode::start_temp()?;
+    let id = string(&node.register("冯十一", "13512345678")?, "id")?;
+    node.recharge(&id, 1_000)?;
+    node.add_product("CAKE", "蛋糕", 400)?;
+    let tills = 8;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(tills));
+    let handles: Vec<_> = (0..tills)
+        .map(|_| {
+            let api = node.api().clone();
+            let token = node.cashier.clone();
+            let id = id.clone();
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                api.post(
+                    "/api/v1/checkouts",
+                    Some(&token),
+                    &json!({
+                        "member_id": id,
+                        "lines": [{"sku": "CAKE", "qty": 1}],
+                        "payments": [{"method": "stored_value", "amount_fen": 400}],
+                    }),
+                    None,
+                )
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for handle in handles {
+        match handle.join() {
+            Ok(reply) => replies.push(reply?),
+            Err(_) => anyhow::bail!("a till thread panicked"),
+        }
+    }
+    let ok = replies.iter().filter(|(status, _)| *status == 201).count();
+    let refused = replies
+        .iter()
+        .filter(|(status, body)| {
+            *status == 422 && tests::error_code(body) == Some("insufficient_balance")
+        })
+        .count();
+    assert_eq!(
+        (ok, refused),
+        (2, tills - 2),
+        "¥10 pays for two ¥4 cakes: {replies:?}"
+    );
+    let m = node.member(&id)?;
+    assert_eq!(int(&m, "balance_fen")?, 200, "{m}");
+    let (stored, _) = ledger_sums(&node.ledger(&id)?)?;
+    assert_eq!(stored, 200);
+    Ok(())
+}

@@ -237,3 +237,30 @@ fn refund_replay_refunds_once() -> Result<()> {
     assert_eq!(int(&node.member(&id)?, "balance_fen")?, 20_000);
     Ok(())
 }
+
+#[test]
+fn product_replay_returns_the_first_response() -> Result<()> {
+    let node = StoreNode::start_temp()?;
+    let key = unique_key("product");
+    let body = json!({"sku": "RICE", "name": "大米", "price_fen": 2_990});
+    let post = |body: &Value| {
+        node.api()
+            .post("/api/v1/products", Some(&node.manager), body, Some(&key))
+    };
+    let first = post(&body)?;
+    assert_eq!(first.0, 201, "{}", first.1);
+    let second = post(&body)?;
+    assert_eq!(
+        second, first,
+        "a repeat returns the first response (201, not 200)"
+    );
+    let reply = post(&json!({"sku": "RICE", "name": "大米", "price_fen": 1}))?;
+    assert!(reused(&reply), "same key, other price: {reply:?}");
+    let (_, products) = node.get("/api/v1/products")?;
+    assert_eq!(
+        products["products"],
+        json!([{"sku": "RICE", "name": "大米", "price_fen": 2_990, "active": true}]),
+        "{products}"
+    );
+    Ok(())
+}
