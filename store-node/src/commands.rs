@@ -63,6 +63,18 @@ impl Local {
         })
     }
 
+    /// Highest sequence number given to one of our own operations.
+    pub fn own_seq_max(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Merge a timestamp received from another replica into our clock.
+    pub fn observe(&mut self, remote: HlcTimestamp, now_ms: u64) {
+        if let Err(e) = self.hlc.observe(remote, now_ms) {
+            tracing::warn!(error = %e, "ignoring a remote clock reading");
+        }
+    }
+
     pub fn mark(&self) -> Mark {
         Mark {
             hlc: self.hlc.last(),

@@ -55,14 +55,7 @@ pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )?;
-    Ok(())
-}
+pub use chainsync_replica::sqlite::set_meta;
 
 #[cfg(test)]
 mod tests {

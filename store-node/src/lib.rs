@@ -10,6 +10,7 @@
 //! - [`auth`]: API users and their tokens (only hashes are stored).
 //! - [`writer`]: the one writer thread; commands are group-committed, each in a savepoint.
 //! - [`commands`]: what each write does, inside the writer's transaction.
+//! - [`sync_side`]: the store's side of the sync protocol over SQLite.
 //! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
 //!
 //! Architecture invariant: every change to replicated state goes through an operation in the
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod sync_side;
 pub mod writer;
 
 /// Wall-clock time in Unix ms. The only clock read in the store node's write path.

@@ -4,6 +4,10 @@
 //! only then answers every request in the batch. Nothing is acknowledged before it is durable.
 //!
 //! Idempotency keys are checked and recorded in the same savepoint as the write they guard.
+//!
+//! Two queues: cashier requests, and background work (applying operations relayed from the
+//! hub). Cashier requests always go first, and a batch holds at most one background job (whose
+//! size is bounded), so a checkout never waits behind sync backfill for more than one job.
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::panic::AssertUnwindSafe;
@@ -35,6 +39,8 @@ struct Request {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Request>,
+    background: mpsc::Sender<Request>,
+    own_seq: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Writer {
@@ -44,10 +50,40 @@ impl Writer {
         local: Local,
     ) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
         let (queue, requests) = mpsc::channel(writer_queue_max);
+        let (background, background_requests) = mpsc::channel(writer_queue_max);
+        let (own_seq_sender, own_seq) = tokio::sync::watch::channel(local.own_seq_max());
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, local, requests))?;
-        Ok((Writer { queue }, thread))
+            .spawn(move || run(conn, local, requests, background_requests, own_seq_sender))?;
+        Ok((
+            Writer {
+                queue,
+                background,
+                own_seq,
+            },
+            thread,
+        ))
+    }
+
+    /// Watch the highest sequence number of this store's own operations (changes after commit).
+    pub fn own_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.own_seq.clone()
+    }
+
+    /// Queue background work (lower priority than cashier requests) and wait for it, from a
+    /// thread that may block (not from async code).
+    pub fn submit_background_blocking(&self, job: Job) -> Result<Reply, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.background
+            .blocking_send(Request {
+                idempotency: None,
+                job,
+                reply,
+            })
+            .map_err(|_| ApiError::new(503, "shutting_down", "the store node is stopping"))?;
+        answer
+            .blocking_recv()
+            .map_err(|_| ApiError::new(503, "shutting_down", "the store node is stopping"))?
     }
 
     pub async fn submit(
@@ -70,8 +106,28 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut local: Local, mut requests: mpsc::Receiver<Request>) {
-    while let Some(first) = requests.blocking_recv() {
+fn run(
+    mut conn: Connection,
+    mut local: Local,
+    mut requests: mpsc::Receiver<Request>,
+    mut background: mpsc::Receiver<Request>,
+    own_seq: tokio::sync::watch::Sender<u64>,
+) {
+    // A small runtime of the writer's own, only to wait on both queues at once.
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        tracing::error!("writer cannot start its runtime");
+        return;
+    };
+    loop {
+        let first = runtime.block_on(async {
+            tokio::select! {
+                biased;
+                Some(request) = requests.recv() => Some(request),
+                Some(request) = background.recv() => Some(request),
+                else => None,
+            }
+        });
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < writer_batch_max {
             match requests.try_recv() {
@@ -80,6 +136,11 @@ fn run(mut conn: Connection, mut local: Local, mut requests: mpsc::Receiver<Requ
             }
         }
         let answers = commit_batch(&mut conn, &mut local, &mut batch);
+        own_seq.send_if_modified(|seq| {
+            let changed = *seq != local.own_seq_max();
+            *seq = local.own_seq_max();
+            changed
+        });
         for (request, answer) in batch.into_iter().zip(answers) {
             // The client may have gone away; its write is durable all the same.
             let _ = request.reply.send(answer);

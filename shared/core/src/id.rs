@@ -37,6 +37,11 @@ impl StoreId {
         &self.0
     }
 
+    /// The hub's own identity as a replica.
+    pub fn hub() -> StoreId {
+        StoreId("hq".to_owned())
+    }
+
     /// A 16-byte automerge actor id for documents this store edits: stable per store.
     pub fn actor_bytes(&self) -> [u8; 16] {
         let mut bytes = [0u8; 16];

@@ -57,3 +57,13 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
     )?;
     Ok(hex::encode(hasher.finalize()))
 }
+
+/// [`state_digest`] inside a read transaction, so concurrent writes cannot tear it.
+pub fn snapshot_digest(conn: &Connection) -> rusqlite::Result<String> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let digest = state_digest(conn);
+    let end = conn.execute_batch("COMMIT");
+    let digest = digest?;
+    end?;
+    Ok(digest)
+}

@@ -26,6 +26,16 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Set a key of the `meta` table (each binary's schema has one).
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )?;
+    Ok(())
+}
+
 /// The replicated tables, version 1. Each binary lists this as one of its migrations.
 pub const replica_schema_v1: &str = r#"
 -- Every replicated operation, ours and (later) other stores'. (origin, seq) identifies one.

@@ -1,0 +1,159 @@
+//! The store's side of the sync protocol over SQLite: reads through a connection of its own,
+//! writes through the writer's background queue (so cashier requests go first).
+
+use chainsync_core::StoreId;
+use chainsync_core::op::{Envelope, Op};
+use chainsync_core::sync::{RelayedOp, StoreSide};
+use chainsync_replica::api::Reply;
+use chainsync_replica::project;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::writer::Writer;
+
+pub const meta_relay_cursor: &str = "sync_relay_cursor";
+pub const meta_hub_acked: &str = "sync_hub_acked";
+pub const meta_last_sync_ms: &str = "sync_last_ok_ms";
+
+pub fn read_meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+pub fn own_seq_max(conn: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM ops WHERE origin = ?1",
+        [store.as_str()],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|seq| seq.max(0) as u64)
+}
+
+pub struct SqliteStoreSide {
+    pub store: StoreId,
+    pub conn: Connection,
+    pub writer: Writer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SideError {
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored operation {0} is damaged: {1}")]
+    Damaged(u64, String),
+    #[error("writer: {0}")]
+    Writer(String),
+}
+
+impl StoreSide for SqliteStoreSide {
+    type Error = SideError;
+
+    fn own_seq_max(&self) -> Result<u64, SideError> {
+        Ok(own_seq_max(&self.conn, &self.store)?)
+    }
+
+    fn own_ops_after(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, SideError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT seq, hlc_wall_ms, hlc_counter, body FROM ops
+             WHERE origin = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let mut rows =
+            statement.query((self.store.as_str(), after as i64, limit.min(10_000) as i64))?;
+        let mut ops = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)?.max(0) as u64;
+            let body: Vec<u8> = row.get(3)?;
+            let op = Op::decode(&body).map_err(|e| SideError::Damaged(seq, e.to_string()))?;
+            ops.push(Envelope {
+                origin: self.store.clone(),
+                seq,
+                hlc: chainsync_core::HlcTimestamp {
+                    wall_ms: row.get::<_, i64>(1)?.max(0) as u64,
+                    counter: row.get(2)?,
+                },
+                op,
+            });
+        }
+        Ok(ops)
+    }
+
+    fn relay_cursor(&self) -> Result<u64, SideError> {
+        Ok(read_meta_u64(&self.conn, meta_relay_cursor)?)
+    }
+
+    fn apply_relayed(&mut self, ops: &[RelayedOp], upto: u64) -> Result<(), SideError> {
+        let ops = ops.to_vec();
+        let job = Box::new(
+            move |conn: &Connection, local: &mut crate::commands::Local, now_ms: u64| {
+                let cursor = read_meta_u64(conn, meta_relay_cursor)?;
+                if upto <= cursor {
+                    return Ok(Reply {
+                        status: 200,
+                        body: serde_json::Value::Null,
+                    });
+                }
+                for relayed in ops.iter().filter(|op| op.hub_seq > cursor) {
+                    local.observe(relayed.envelope.hlc, now_ms);
+                    // A savepoint per operation: one that cannot be projected is kept in the log
+                    // (it was accepted by the hub) but must not stop the rest.
+                    let savepoint_ok = conn.execute_batch("SAVEPOINT relayed").is_ok();
+                    match project::apply_remote(conn, &local.store, &relayed.envelope) {
+                        Ok(_) => {
+                            if savepoint_ok {
+                                conn.execute_batch("RELEASE relayed")?;
+                            }
+                        }
+                        Err(e) => {
+                            if savepoint_ok {
+                                conn.execute_batch("ROLLBACK TO relayed; RELEASE relayed")?;
+                            }
+                            tracing::error!(
+                                origin = %relayed.envelope.origin,
+                                seq = relayed.envelope.seq,
+                                error = %e,
+                                "relayed operation could not be applied; skipped"
+                            );
+                        }
+                    }
+                }
+                chainsync_replica::sqlite::set_meta(conn, meta_relay_cursor, &upto.to_string())?;
+                chainsync_replica::sqlite::set_meta(conn, meta_last_sync_ms, &now_ms.to_string())?;
+                Ok(Reply {
+                    status: 200,
+                    body: serde_json::Value::Null,
+                })
+            },
+        );
+        self.writer
+            .submit_background_blocking(job)
+            .map(|_| ())
+            .map_err(|e| SideError::Writer(e.message))
+    }
+
+    fn record_hub_acked(&mut self, acked_seq: u64) -> Result<(), SideError> {
+        let job = Box::new(
+            move |conn: &Connection, _: &mut crate::commands::Local, now_ms: u64| {
+                let known = read_meta_u64(conn, meta_hub_acked)?;
+                if acked_seq > known {
+                    chainsync_replica::sqlite::set_meta(
+                        conn,
+                        meta_hub_acked,
+                        &acked_seq.to_string(),
+                    )?;
+                }
+                chainsync_replica::sqlite::set_meta(conn, meta_last_sync_ms, &now_ms.to_string())?;
+                Ok(Reply {
+                    status: 200,
+                    body: serde_json::Value::Null,
+                })
+            },
+        );
+        self.writer
+            .submit_background_blocking(job)
+            .map(|_| ())
+            .map_err(|e| SideError::Writer(e.message))
+    }
+}
