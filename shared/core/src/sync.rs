@@ -184,6 +184,8 @@ pub trait HubSide {
     ) -> Result<(Vec<RelayedOp>, u64), Self::Error>;
     /// Remember that `store` durably holds the log up to `cursor` (for status and lag).
     fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), Self::Error>;
+    /// Remember the store's own highest sequence as it said in its Hello (for lag).
+    fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), Self::Error>;
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> SyncError {

@@ -161,4 +161,8 @@ impl HubSide for MemoryHub {
         *entry = (*entry).max(cursor);
         Ok(())
     }
+
+    fn record_hello(&mut self, _store: &StoreId, _own_seq_max: u64) -> Result<(), Infallible> {
+        Ok(())
+    }
 }

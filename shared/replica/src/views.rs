@@ -119,15 +119,18 @@ pub struct LedgerView {
     pub entries: Vec<LedgerEntryView>,
 }
 
-/// A money amount as sent by a client. Any JSON value is accepted here so that an amount that is
-/// not an `i64` (a float, a string, 1e30) is reported as `invalid_amount`, not as bad JSON.
+/// A whole number as sent by a client. Any JSON number is accepted here so that one that is
+/// not an `i64` (a fraction, 1e30) is reported as `invalid_amount`, not as bad JSON; a value
+/// that is not a number at all (a string, null) is bad JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmountInput(pub Option<i64>);
 
 impl<'de> Deserialize<'de> for AmountInput {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        Ok(AmountInput(value.as_i64()))
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(number) => Ok(AmountInput(number.as_i64())),
+            _ => Err(serde::de::Error::custom("expected a whole number")),
+        }
     }
 }
 
