@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub const config_file_name: &str = "store.toml";
 pub const database_file_name: &str = "store.db";
 pub const default_listen: &str = "127.0.0.1:8180";
+/// The enrollment bundle from `hq-hub enroll`, copied here by `init --bundle`.
+pub const bundle_file_name: &str = "enrollment.toml";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,4 +64,8 @@ impl StoreConfig {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
+}
+
+pub fn bundle_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(bundle_file_name)
 }

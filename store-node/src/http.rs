@@ -34,6 +34,8 @@ pub struct AppState {
     pub reads: Arc<ReadPool>,
     pub store_id: String,
     pub rules: Arc<Rules>,
+    /// The sync link as the running sync client sees it.
+    pub link: crate::sync_client::SharedLinkStatus,
 }
 
 /// The authenticated caller.
@@ -407,6 +409,71 @@ async fn create_refund(
         .await
 }
 
+/// `GET /api/v1/sync/status`
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SyncStatusView {
+    /// standalone | connecting | online | offline
+    pub link: crate::sync_client::LinkState,
+    pub hub_addr: Option<String>,
+    /// Last successful exchange with the hub, Unix ms.
+    pub last_sync_ms: Option<u64>,
+    /// This store's operations (ledger entries, sales, member changes…) not yet at the hub.
+    pub waiting: u64,
+    pub own_seq: u64,
+    pub hub_acked: u64,
+    pub relay_cursor: u64,
+    pub last_error: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/sync/status", responses((status = 200, body = SyncStatusView)),
+    security(("bearer" = [])))]
+async fn sync_status(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<SyncStatusView>, ApiError> {
+    let link = app
+        .link
+        .lock()
+        .map(|status| status.clone())
+        .map_err(|_| ApiError::internal("status lock"))?;
+    let store: chainsync_core::StoreId =
+        chainsync_core::StoreId::parse(&app.store_id).map_err(ApiError::internal)?;
+    let figures = app
+        .reads
+        .run(move |conn| Ok(crate::sync_side::read_sync_figures(conn, &store)?))
+        .await?;
+    Ok(Json(SyncStatusView {
+        link: link.link,
+        hub_addr: link.hub_addr,
+        last_sync_ms: figures.last_sync_ms,
+        waiting: figures.waiting,
+        own_seq: figures.own_seq,
+        hub_acked: figures.hub_acked,
+        relay_cursor: figures.relay_cursor,
+        last_error: link.last_error,
+    }))
+}
+
+/// `GET /api/v1/sync/digest`
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DigestView {
+    /// Hex SHA-256 of the replicated state: equal on two replicas ⇔ converged.
+    pub digest: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/sync/digest", responses((status = 200, body = DigestView)),
+    security(("bearer" = [])))]
+async fn sync_digest(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<DigestView>, ApiError> {
+    let digest = app
+        .reads
+        .run(|conn| Ok(chainsync_replica::digest::snapshot_digest(conn)?))
+        .await?;
+    Ok(Json(DigestView { digest }))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such route")
 }
@@ -429,7 +496,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "chainsync store-node API", description = "Cashier and POS API of one store. Money is integer 分."),
     paths(healthz, create_member, search_members, get_member, patch_member, member_ledger,
         create_recharge, create_product, list_products, create_checkout, list_checkouts,
-        get_checkout, create_refund),
+        get_checkout, create_refund, sync_status, sync_digest),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -449,6 +516,8 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/checkouts/{id}", get(get_checkout))
         .route("/api/v1/checkouts/{id}/refunds", post(create_refund))
+        .route("/api/v1/sync/status", get(sync_status))
+        .route("/api/v1/sync/digest", get(sync_digest))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(request_body_bytes_max))
         .with_state(app)

@@ -10,6 +10,7 @@
 //! - [`auth`]: API users and their tokens (only hashes are stored).
 //! - [`writer`]: the one writer thread; commands are group-committed, each in a savepoint.
 //! - [`commands`]: what each write does, inside the writer's transaction.
+//! - [`sync_client`]: background sync with the hub over QUIC, with reconnect backoff.
 //! - [`sync_side`]: the store's side of the sync protocol over SQLite.
 //! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
 //!
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod sync_client;
 pub mod sync_side;
 pub mod writer;
 

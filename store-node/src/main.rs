@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use chainsync_core::StoreId;
 use chainsync_core::rules::Rules;
+use chainsync_net::EnrollmentBundle;
 use chainsync_replica::read::ReadPool;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,10 +32,15 @@ enum Command {
     Init {
         #[arg(long, env = "STORE_NODE_DATA_DIR")]
         data_dir: PathBuf,
+        /// Store id (taken from the bundle if omitted).
         #[arg(long)]
-        store_id: String,
+        store_id: Option<String>,
+        /// Store name (taken from the bundle if omitted).
         #[arg(long)]
-        name: String,
+        name: Option<String>,
+        /// Enrollment bundle from `hq-hub enroll`: the store then syncs with the hub.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
     },
     /// Manage API users.
     User {
@@ -77,13 +83,15 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Init {
             data_dir,
             store_id,
             name,
-        } => init(data_dir, &store_id, &name),
+            bundle,
+        } => init(data_dir, store_id, name, bundle),
         Command::User {
             command:
                 UserCommand::Add {
@@ -105,8 +113,40 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init(data_dir: PathBuf, store_id: &str, name: &str) -> anyhow::Result<()> {
-    let store_id = StoreId::parse(store_id).context("--store-id")?;
+fn init(
+    data_dir: PathBuf,
+    store_id: Option<String>,
+    name: Option<String>,
+    bundle_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let bundle = bundle_path
+        .as_deref()
+        .map(EnrollmentBundle::read_from)
+        .transpose()?;
+    let store_id = match (&store_id, &bundle) {
+        (Some(given), Some(bundle)) if *given != bundle.store_id => bail!(
+            "--store-id {given} does not match the bundle, which is for store {}",
+            bundle.store_id
+        ),
+        (Some(given), _) => given.clone(),
+        (None, Some(bundle)) => bundle.store_id.clone(),
+        (None, None) => bail!("give --store-id (or --bundle)"),
+    };
+    let name = match (&name, &bundle) {
+        (Some(given), Some(bundle)) if given.trim() != bundle.store_name.trim() => bail!(
+            "--name {given:?} does not match the bundle, which names the store {:?}",
+            bundle.store_name
+        ),
+        (Some(given), _) => given.clone(),
+        (None, Some(bundle)) => bundle.store_name.clone(),
+        (None, None) => bail!("give --name (or --bundle)"),
+    };
+    if let Some(bundle) = &bundle {
+        // Fail now, not at the first sync, if the bundle's certificates are unusable.
+        chainsync_net::tls::client_config(&bundle.ca_cert_pem, &bundle.cert_pem, &bundle.key_pem)
+            .context("the bundle's certificates cannot be used")?;
+    }
+    let store_id = StoreId::parse(&store_id).context("--store-id")?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 {
         bail!("--name must be 1 to 64 characters");
@@ -120,10 +160,19 @@ fn init(data_dir: PathBuf, store_id: &str, name: &str) -> anyhow::Result<()> {
     let conn = db::open_writer(&config::database_path(&data_dir))?;
     db::set_meta(&conn, "store_id", store_id.as_str())?;
     db::set_meta(&conn, "store_name", name)?;
-    println!(
-        "initialized store {store_id} ({name}) in {}",
-        data_dir.display()
-    );
+    if let Some(bundle) = &bundle {
+        bundle.write_to(&config::bundle_path(&data_dir))?;
+        println!(
+            "initialized store {store_id} ({name}) in {}; it syncs with the hub at {}",
+            data_dir.display(),
+            bundle.hub_addr
+        );
+    } else {
+        println!(
+            "initialized store {store_id} ({name}) in {} (standalone)",
+            data_dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -135,7 +184,23 @@ fn status(data_dir: PathBuf) -> anyhow::Result<()> {
     println!("members: {}", count("SELECT COUNT(*) FROM members")?);
     println!("checkouts: {}", count("SELECT COUNT(*) FROM sales")?);
     println!("ledger entries: {}", count("SELECT COUNT(*) FROM ledger")?);
-    println!("operations written: {}", count("SELECT COUNT(*) FROM ops")?);
+    println!("operations held: {}", count("SELECT COUNT(*) FROM ops")?);
+    let sync = store_node::sync_side::read_sync_figures(&conn, &config.store_id)?;
+    if config::bundle_path(&data_dir).exists() {
+        println!(
+            "link: {} (as last recorded by the running node)",
+            sync.link_state
+        );
+        println!(
+            "last successful sync: {}",
+            sync.last_sync_ms
+                .map(|ms| format!("{ms} (Unix ms)"))
+                .unwrap_or_else(|| "never".into())
+        );
+        println!("entries waiting to go out: {}", sync.waiting);
+    } else {
+        println!("link: standalone (not enrolled with a hub)");
+    }
     Ok(())
 }
 
@@ -148,26 +213,64 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let local = Local::load(&conn, config.store_id.clone(), rules.clone())?;
     let reads = Arc::new(ReadPool::open(&database, 4)?);
     let (writer, writer_thread) = Writer::start(conn, local)?;
+    let bundle_path = config::bundle_path(&data_dir);
+    let sync_client = if bundle_path.exists() {
+        let bundle = EnrollmentBundle::read_from(&bundle_path)?;
+        let client_config = chainsync_net::tls::client_config(
+            &bundle.ca_cert_pem,
+            &bundle.cert_pem,
+            &bundle.key_pem,
+        )?;
+        let status = Arc::new(std::sync::Mutex::new(store_node::sync_client::LinkStatus {
+            link: store_node::sync_client::LinkState::Connecting,
+            hub_addr: Some(bundle.hub_addr.clone()),
+            last_error: None,
+            connected_since_ms: None,
+        }));
+        Some(store_node::sync_client::SyncClient {
+            store: config.store_id.clone(),
+            database: database.clone(),
+            writer: writer.clone(),
+            hub_addr: bundle.hub_addr.clone(),
+            server_name: bundle.hub_server_name.clone(),
+            client_config,
+            status,
+        })
+    } else {
+        None
+    };
+    let link = sync_client
+        .as_ref()
+        .map(|client| client.status.clone())
+        .unwrap_or_else(store_node::sync_client::standalone_status);
     let app = AppState {
         writer,
         reads,
         store_id: config.store_id.to_string(),
         rules: Arc::new(rules),
+        link,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
     runtime.block_on(async move {
+        let sync_task = sync_client.map(|client| tokio::spawn(client.run(sync_stopped)));
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
         tracing::info!(store = %config.store_id, %address, "serving");
         println!("listening on {address}");
-        axum::serve(listener, http::router(app))
+        let served = axum::serve(listener, http::router(app))
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("HTTP server failed")
+            .context("HTTP server failed");
+        let _ = stop_sync.send(true);
+        if let Some(task) = sync_task {
+            let _ = task.await;
+        }
+        served
     })?;
     // The router (and with it every writer handle) is gone: the writer drains and stops.
     writer_thread

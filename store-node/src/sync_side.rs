@@ -157,3 +157,37 @@ impl StoreSide for SqliteStoreSide {
             .map_err(|e| SideError::Writer(e.message))
     }
 }
+
+/// Sync figures for `store-node status` and `GET /api/v1/sync/status`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SyncFigures {
+    /// As last recorded by the running node: standalone, connecting, online, offline.
+    pub link_state: String,
+    pub last_sync_ms: Option<u64>,
+    /// Own operations the hub does not hold yet.
+    pub waiting: u64,
+    pub own_seq: u64,
+    pub hub_acked: u64,
+    pub relay_cursor: u64,
+}
+
+pub fn read_sync_figures(conn: &Connection, store: &StoreId) -> rusqlite::Result<SyncFigures> {
+    let own_seq = own_seq_max(conn, store)?;
+    let hub_acked = read_meta_u64(conn, meta_hub_acked)?;
+    let last = read_meta_u64(conn, meta_last_sync_ms)?;
+    let link_state: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'sync_link_state'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(SyncFigures {
+        link_state: link_state.unwrap_or_else(|| "unknown".into()),
+        last_sync_ms: (last > 0).then_some(last),
+        waiting: own_seq.saturating_sub(hub_acked),
+        own_seq,
+        hub_acked,
+        relay_cursor: read_meta_u64(conn, meta_relay_cursor)?,
+    })
+}

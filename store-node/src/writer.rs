@@ -70,6 +70,22 @@ impl Writer {
         self.own_seq.clone()
     }
 
+    /// Queue background work (lower priority than cashier requests) and wait for it.
+    pub async fn submit_background(&self, job: Job) -> Result<Reply, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.background
+            .send(Request {
+                idempotency: None,
+                job,
+                reply,
+            })
+            .await
+            .map_err(|_| ApiError::new(503, "shutting_down", "the store node is stopping"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::new(503, "shutting_down", "the store node is stopping"))?
+    }
+
     /// Queue background work (lower priority than cashier requests) and wait for it, from a
     /// thread that may block (not from async code).
     pub fn submit_background_blocking(&self, job: Job) -> Result<Reply, ApiError> {

@@ -1,0 +1,72 @@
+//! The hub's SQLite database: the replica's tables plus the hub's own (stores, the relay log,
+//! users), behind numbered migrations.
+
+use anyhow::Context;
+use chainsync_replica::sqlite;
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+use std::path::Path;
+
+pub use chainsync_replica::sqlite::{open_reader, set_meta};
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(sqlite::replica_schema_v1), M::up(hub_schema_v1)])
+}
+
+const hub_schema_v1: &str = r#"
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Enrolled stores. A store connects only if it is here and not revoked.
+CREATE TABLE stores (
+    store_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    -- Highest sequence of the store's own operations held without gaps.
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    -- How far into the relay log the store has durably applied.
+    relay_acked INTEGER NOT NULL DEFAULT 0,
+    -- The store's own highest sequence, as it said in its last Hello.
+    reported_seq INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER
+) WITHOUT ROWID;
+
+-- Every accepted operation in acceptance order; hub_seq is the relay cursor.
+CREATE TABLE relay_log (
+    hub_seq INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    UNIQUE (origin, seq)
+);
+
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+);
+"#;
+
+/// Open the database for writing and bring its schema up to date.
+pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+    let mut conn =
+        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    sqlite::configure(&conn)?;
+    migrations()
+        .to_latest(&mut conn)
+        .context("schema migration failed")?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
+    }
+}

@@ -1,0 +1,25 @@
+//! hq-hub: headquarters. It is the chain's certificate authority (enrolls and revokes stores),
+//! the meeting point of every store's replica (sync over QUIC with mutual TLS), and HQ's API.
+//!
+//! Layout:
+//! - [`config`]: the data directory: `hub.toml`, the CA and hub certificates, `hub.db`.
+//! - [`db`]: the hub's schema (the replica's tables plus stores, relay log, users).
+//! - [`storage`]: the hub's side of the sync protocol over SQLite (one writer).
+//! - [`server`]: accepting stores over QUIC, identity and revocation checks, sessions.
+//! - [`http`]: HQ's HTTP API.
+//! - [`users`]: HQ users and API tokens.
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod server;
+pub mod storage;
+pub mod users;
+
+/// Wall-clock time in Unix ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

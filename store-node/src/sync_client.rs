@@ -1,0 +1,276 @@
+//! Background sync with the hub: connect over QUIC with the store's certificate, run a
+//! [`StoreSession`] on one stream, reconnect with backoff when the link drops. Never touches
+//! the cashier path: relayed operations are applied through the writer's background queue.
+
+use chainsync_core::StoreId;
+use chainsync_core::sync::{Message, StoreSession, StoreSessionState, SyncError};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::sync_side::SqliteStoreSide;
+use crate::writer::Writer;
+
+/// First wait after a failed attempt; doubles up to `reconnect_delay_max_ms`.
+pub const reconnect_delay_min_ms: u64 = 500;
+pub const reconnect_delay_max_ms: u64 = 30_000;
+/// Give up on a connection attempt after this long.
+pub const connect_timeout_ms: u64 = 10_000;
+/// How often the session checks its retransmit timer.
+pub const session_tick_ms: u64 = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Not enrolled with a hub: the store works on its own.
+    Standalone,
+    Connecting,
+    /// The hub answered our Hello.
+    Online,
+    Offline,
+}
+
+/// What `GET /api/v1/sync/status` and `store-node status` show about the link.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct LinkStatus {
+    pub link: LinkState,
+    pub hub_addr: Option<String>,
+    /// Why the last attempt or session failed.
+    pub last_error: Option<String>,
+    pub connected_since_ms: Option<u64>,
+}
+
+pub type SharedLinkStatus = Arc<Mutex<LinkStatus>>;
+
+pub fn standalone_status() -> SharedLinkStatus {
+    Arc::new(Mutex::new(LinkStatus {
+        link: LinkState::Standalone,
+        hub_addr: None,
+        last_error: None,
+        connected_since_ms: None,
+    }))
+}
+
+pub struct SyncClient {
+    pub store: StoreId,
+    pub database: PathBuf,
+    pub writer: Writer,
+    /// `host:port` of the hub, resolved at each attempt.
+    pub hub_addr: String,
+    pub server_name: String,
+    pub client_config: quinn::ClientConfig,
+    pub status: SharedLinkStatus,
+}
+
+impl SyncClient {
+    fn set_status(&self, link: LinkState, error: Option<String>) {
+        if let Ok(mut status) = self.status.lock() {
+            if status.link != link {
+                self.persist_link_state(link);
+            }
+            status.link = link;
+            if error.is_some() {
+                status.last_error = error;
+            }
+            status.connected_since_ms = if link == LinkState::Online {
+                Some(crate::now_ms())
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Keep the link state in the database too, for `store-node status`.
+    fn persist_link_state(&self, link: LinkState) {
+        let writer = self.writer.clone();
+        let name = serde_json::to_value(link)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let job: crate::writer::Job = Box::new(move |conn, _, _| {
+                chainsync_replica::sqlite::set_meta(conn, "sync_link_state", &name)?;
+                Ok(chainsync_replica::api::Reply {
+                    status: 200,
+                    body: serde_json::Value::Null,
+                })
+            });
+            let _ = writer.submit_background(job).await;
+        });
+    }
+
+    /// Run until `shutdown` fires.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let bind = SocketAddr::from(([0u16; 8], 0));
+        let fallback = SocketAddr::from(([0u8; 4], 0));
+        let opened = quinn::Endpoint::client(bind).or_else(|_| quinn::Endpoint::client(fallback));
+        let mut endpoint = match opened {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                self.set_status(
+                    LinkState::Offline,
+                    Some(format!("cannot open a UDP socket: {e}")),
+                );
+                return;
+            }
+        };
+        endpoint.set_default_client_config(self.client_config.clone());
+        let mut delay_ms = reconnect_delay_min_ms;
+        loop {
+            self.set_status(LinkState::Connecting, None);
+            let outcome = tokio::select! {
+                outcome = self.session_once(&endpoint) => outcome,
+                _ = shutdown.changed() => break,
+            };
+            match outcome {
+                Ok(()) => {
+                    delay_ms = reconnect_delay_min_ms;
+                    self.set_status(LinkState::Offline, Some("hub closed the session".into()));
+                }
+                Err(SessionEnd { error, was_online }) => {
+                    tracing::warn!(hub = %self.hub_addr, %error, "sync link down");
+                    if was_online {
+                        delay_ms = reconnect_delay_min_ms;
+                    }
+                    self.set_status(LinkState::Offline, Some(error));
+                }
+            }
+            // Jitter from the clock's low bits keeps a chain of stores from reconnecting in step.
+            let jitter = crate::now_ms() % (delay_ms / 4 + 1);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(delay_ms + jitter)) => {}
+                _ = shutdown.changed() => break,
+            }
+            delay_ms = (delay_ms * 2).min(reconnect_delay_max_ms);
+        }
+        endpoint.close(quinn::VarInt::from_u32(0), b"store shutting down");
+    }
+
+    async fn session_once(&self, endpoint: &quinn::Endpoint) -> Result<(), SessionEnd> {
+        let offline = |error: String| SessionEnd {
+            error,
+            was_online: false,
+        };
+        let address = tokio::net::lookup_host(&self.hub_addr)
+            .await
+            .map_err(|e| offline(format!("cannot resolve {}: {e}", self.hub_addr)))?
+            .next()
+            .ok_or_else(|| offline(format!("{} resolves to no address", self.hub_addr)))?;
+        let address = match (address, endpoint.local_addr()) {
+            // A dual-stack socket reaches IPv4 peers through mapped addresses.
+            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+                SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            (address, _) => address,
+        };
+        let connecting = endpoint
+            .connect(address, &self.server_name)
+            .map_err(|e| offline(format!("cannot connect: {e}")))?;
+        let connection =
+            tokio::time::timeout(Duration::from_millis(connect_timeout_ms), connecting)
+                .await
+                .map_err(|_| offline("hub did not answer in time".into()))?
+                .map_err(|e| offline(format!("connection failed: {e}")))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| offline(format!("no stream: {e}")))?;
+        let reader = chainsync_replica::sqlite::open_reader(&self.database)
+            .map_err(|e| offline(e.to_string()))?;
+        let mut side = SqliteStoreSide {
+            store: self.store.clone(),
+            conn: reader,
+            writer: self.writer.clone(),
+        };
+        let mut session = tokio::task::block_in_place(|| {
+            StoreSession::new(self.store.clone(), &side, crate::now_ms())
+        })
+        .map_err(|e| offline(e.to_string()))?;
+        let (frames, mut incoming) = mpsc::channel::<Result<Vec<u8>, String>>(8);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                match chainsync_net::frame::read_frame(&mut recv).await {
+                    Ok(Some(frame)) => {
+                        if frames.send(Ok(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = frames.send(Err(e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+        });
+        let mut own_seq = self.writer.own_seq();
+        let mut tick = tokio::time::interval(Duration::from_millis(session_tick_ms));
+        let mut was_online = false;
+        let result: Result<(), SyncError> = async {
+            flush(&mut session, &mut send).await?;
+            loop {
+                tokio::select! {
+                    frame = incoming.recv() => match frame {
+                        None => {
+                            let reason = connection
+                                .close_reason()
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| "hub ended the stream".into());
+                            return Err(SyncError::Protocol(reason));
+                        }
+                        Some(Err(e)) => {
+                            let reason = connection.close_reason().map(|r| r.to_string()).unwrap_or(e);
+                            return Err(SyncError::Protocol(reason));
+                        }
+                        Some(Ok(bytes)) => {
+                            let message = Message::decode(&bytes)
+                                .map_err(|e| SyncError::Protocol(format!("bad message: {e}")))?;
+                            tokio::task::block_in_place(|| {
+                                session.handle_message(message, &mut side, crate::now_ms())
+                            })?;
+                        }
+                    },
+                    changed = own_seq.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        tokio::task::block_in_place(|| session.handle_local_write(&mut side))?;
+                    }
+                    _ = tick.tick() => {
+                        tokio::task::block_in_place(|| session.handle_timeout(&mut side, crate::now_ms()))?;
+                    }
+                }
+                if !was_online && session.state() == StoreSessionState::Ready {
+                    was_online = true;
+                    tracing::info!(hub = %self.hub_addr, "sync link up");
+                    self.set_status(LinkState::Online, None);
+                }
+                flush(&mut session, &mut send).await?;
+            }
+        }
+        .await;
+        reader_task.abort();
+        connection.close(quinn::VarInt::from_u32(0), b"");
+        result.map_err(|e| SessionEnd {
+            error: e.to_string(),
+            was_online,
+        })
+    }
+}
+
+struct SessionEnd {
+    error: String,
+    was_online: bool,
+}
+
+async fn flush(session: &mut StoreSession, send: &mut quinn::SendStream) -> Result<(), SyncError> {
+    while let Some(message) = session.poll_transmit() {
+        chainsync_net::frame::write_frame(send, &message.encode())
+            .await
+            .map_err(|e| SyncError::Protocol(format!("send failed: {e}")))?;
+    }
+    Ok(())
+}
