@@ -10,7 +10,12 @@ use std::path::Path;
 pub use chainsync_replica::sqlite::{open_reader, set_meta};
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(sqlite::replica_schema_v1), M::up(hub_schema_v1)])
+    Migrations::new(vec![
+        M::up(sqlite::replica_schema_v1),
+        M::up(hub_schema_v1),
+        M::up(sqlite::replica_schema_v2),
+        M::up(hub_schema_v2),
+    ])
 }
 
 const hub_schema_v1: &str = r#"
@@ -50,6 +55,28 @@ CREATE TABLE users (
     token_sha256 TEXT NOT NULL UNIQUE,
     created_ms INTEGER NOT NULL
 );
+"#;
+
+/// The exception queue: overdrafts and double redemptions found after merging.
+const hub_schema_v2: &str = r#"
+CREATE TABLE exceptions (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    -- member id or coupon code
+    subject TEXT NOT NULL,
+    member_id TEXT,
+    coupon_code TEXT,
+    stores TEXT NOT NULL,
+    entries TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    resolved_ms INTEGER,
+    resolved_by TEXT,
+    resolution_note TEXT
+);
+-- At most one open exception per kind and subject.
+CREATE UNIQUE INDEX exceptions_open ON exceptions (kind, subject) WHERE resolved_ms IS NULL;
 "#;
 
 /// Open the database for writing and bring its schema up to date.

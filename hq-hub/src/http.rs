@@ -11,6 +11,7 @@ use chainsync_core::rules::Rules;
 use chainsync_replica::api::ApiError;
 use chainsync_replica::read::{self, MemberQuery, ReadPool};
 use chainsync_replica::views::{CheckoutView, ErrorBody, LedgerView, MemberList, MemberView};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,373 @@ pub struct HubState {
     pub reads: Arc<ReadPool>,
     pub online: OnlineStores,
     pub rules: Arc<Rules>,
+    /// The hub's one writer (shared with the sync sessions).
+    pub writer: Arc<Mutex<rusqlite::Connection>>,
+    pub log_grew: tokio::sync::watch::Sender<u64>,
+}
+
+impl Caller {
+    /// HQ configuration and exception resolution are for admin and hq-ops.
+    fn require_operator(&self) -> Result<(), ApiError> {
+        if self.role == "admin" || self.role == "hq-ops" {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                403,
+                "forbidden",
+                "only admin or hq-ops may do this",
+            ))
+        }
+    }
+}
+
+impl HubState {
+    /// Write an HQ operation on a blocking thread and wake the sessions to relay it.
+    async fn author(&self, op: chainsync_core::op::OpV1) -> Result<(), ApiError> {
+        let writer = self.writer.clone();
+        let head = tokio::task::spawn_blocking(move || {
+            let mut conn = writer
+                .lock()
+                .map_err(|_| ApiError::internal("writer lock"))?;
+            crate::storage::author(&mut conn, op, now_ms()).map_err(ApiError::internal)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        self.log_grew.send_replace(head);
+        Ok(())
+    }
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
+}
+
+/// HQ's offline allowance policy (amounts in 分).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyView {
+    pub version: u64,
+    pub member_stored_value_max_fen: i64,
+    pub member_points_max: i64,
+    pub store_exposure_max_fen: i64,
+    pub authorization_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChange {
+    pub member_stored_value_max_fen: Option<i64>,
+    pub member_points_max: Option<i64>,
+    pub store_exposure_max_fen: Option<i64>,
+    pub authorization_timeout_ms: Option<u64>,
+}
+
+fn policy_view(policy: &chainsync_core::allowance::AllowancePolicy) -> PolicyView {
+    PolicyView {
+        version: policy.version,
+        member_stored_value_max_fen: policy.member_stored_value_max.0,
+        member_points_max: policy.member_points_max,
+        store_exposure_max_fen: policy.store_exposure_max.0,
+        authorization_timeout_ms: policy.authorization_timeout_ms,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/allowance-policy", responses((status = 200, body = PolicyView)),
+    security(("bearer" = [])))]
+async fn get_policy(
+    State(hub): State<HubState>,
+    _caller: Caller,
+) -> Result<Json<PolicyView>, ApiError> {
+    let policy = hub
+        .reads
+        .run(|conn| Ok(chainsync_replica::read::allowance_policy(conn)?))
+        .await?;
+    Ok(Json(policy_view(&policy)))
+}
+
+#[utoipa::path(put, path = "/api/v1/allowance-policy", request_body = PolicyChange,
+    responses((status = 200, body = PolicyView), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+async fn put_policy(
+    State(hub): State<HubState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<PolicyView>, ApiError> {
+    caller.require_operator()?;
+    let change: PolicyChange = parse_body(&body)?;
+    let mut policy = hub
+        .reads
+        .run(|conn| Ok(chainsync_replica::read::allowance_policy(conn)?))
+        .await?;
+    let amount = |value: i64, what: &str| -> Result<i64, ApiError> {
+        if (0..=chainsync_core::limits::amount_fen_max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ApiError::invalid_amount(format!(
+                "{what} must be 0 to {}",
+                chainsync_core::limits::amount_fen_max
+            )))
+        }
+    };
+    if let Some(v) = change.member_stored_value_max_fen {
+        policy.member_stored_value_max =
+            chainsync_core::Fen(amount(v, "member_stored_value_max_fen")?);
+    }
+    if let Some(v) = change.member_points_max {
+        policy.member_points_max = amount(v, "member_points_max")?;
+    }
+    if let Some(v) = change.store_exposure_max_fen {
+        policy.store_exposure_max = chainsync_core::Fen(amount(v, "store_exposure_max_fen")?);
+    }
+    if let Some(v) = change.authorization_timeout_ms {
+        if !(50..=30_000).contains(&v) {
+            return Err(ApiError::invalid_field(
+                "authorization_timeout_ms must be 50 to 30000",
+            ));
+        }
+        policy.authorization_timeout_ms = v;
+    }
+    policy.version += 1;
+    hub.author(chainsync_core::op::OpV1::AllowancePolicySet(policy.clone()))
+        .await?;
+    Ok(Json(policy_view(&policy)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCouponTemplate {
+    pub name: String,
+    /// Taken off the total at checkout.
+    pub value_fen: i64,
+    #[serde(default)]
+    pub min_spend_fen: i64,
+    #[serde(default)]
+    pub online_only: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CouponTemplateView {
+    pub id: Uuid,
+    pub name: String,
+    pub value_fen: i64,
+    pub min_spend_fen: i64,
+    pub online_only: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/coupon-templates", request_body = NewCouponTemplate,
+    responses((status = 201, body = CouponTemplateView)), security(("bearer" = [])))]
+async fn create_coupon_template(
+    State(hub): State<HubState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<CouponTemplateView>), ApiError> {
+    caller.require_operator()?;
+    let request: NewCouponTemplate = parse_body(&body)?;
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(ApiError::invalid_field("name must be 1 to 64 characters"));
+    }
+    let max = chainsync_core::limits::amount_fen_max;
+    if !(1..=max).contains(&request.value_fen) || !(0..=max).contains(&request.min_spend_fen) {
+        return Err(ApiError::invalid_amount(
+            "value_fen must be positive and min_spend_fen 0 or more",
+        ));
+    }
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(ApiError::internal)?;
+    let id = uuid::Builder::from_random_bytes(random).into_uuid();
+    let template = chainsync_core::op::CouponTemplate {
+        id,
+        name: name.clone(),
+        value: chainsync_core::Fen(request.value_fen),
+        min_spend: chainsync_core::Fen(request.min_spend_fen),
+        online_only: request.online_only,
+    };
+    hub.author(chainsync_core::op::OpV1::CouponTemplateUpsert(template))
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(CouponTemplateView {
+            id,
+            name,
+            value_fen: request.value_fen,
+            min_spend_fen: request.min_spend_fen,
+            online_only: request.online_only,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCoupons {
+    pub template_id: Uuid,
+    pub member_id: Option<Uuid>,
+    /// How many to issue (default 1, at most 1000).
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCoupon {
+    pub code: String,
+    pub template_id: Uuid,
+    pub member_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCoupons {
+    pub coupons: Vec<IssuedCoupon>,
+}
+
+#[utoipa::path(post, path = "/api/v1/coupons", request_body = NewCoupons,
+    responses((status = 201, body = IssuedCoupons)), security(("bearer" = [])))]
+async fn issue_coupons(
+    State(hub): State<HubState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<(axum::http::StatusCode, Json<IssuedCoupons>), ApiError> {
+    caller.require_operator()?;
+    let request: NewCoupons = parse_body(&body)?;
+    let count = request.count.unwrap_or(1);
+    if !(1..=1000).contains(&count) {
+        return Err(ApiError::invalid_field("count must be 1 to 1000"));
+    }
+    let template = request.template_id;
+    let known = hub
+        .reads
+        .run(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) > 0 FROM coupon_templates WHERE id = ?1",
+                [template.to_string()],
+                |row| row.get::<_, bool>(0),
+            )?)
+        })
+        .await?;
+    if !known {
+        return Err(ApiError::new(
+            404,
+            "unknown_coupon_template",
+            "no coupon template with this id",
+        ));
+    }
+    let mut coupons = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(ApiError::internal)?;
+        let code = format!(
+            "C{:015}",
+            u64::from_le_bytes(random) % 1_000_000_000_000_000
+        );
+        let record = chainsync_core::op::CouponRecord {
+            code: code.clone(),
+            template_id: template,
+            member_id: request.member_id,
+        };
+        hub.author(chainsync_core::op::OpV1::CouponIssue(record))
+            .await?;
+        coupons.push(IssuedCoupon {
+            code,
+            template_id: template,
+            member_id: request.member_id,
+        });
+    }
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(IssuedCoupons { coupons }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ExceptionFilter {
+    /// Include resolved exceptions (default: open ones only).
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExceptionList {
+    pub exceptions: Vec<crate::exceptions::ExceptionView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/exceptions", params(ExceptionFilter),
+    responses((status = 200, body = ExceptionList)), security(("bearer" = [])))]
+async fn list_exceptions(
+    State(hub): State<HubState>,
+    _caller: Caller,
+    query: Result<Query<ExceptionFilter>, QueryRejection>,
+) -> Result<Json<ExceptionList>, ApiError> {
+    let Query(filter) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let all = filter.all.unwrap_or(false);
+    let exceptions = hub
+        .reads
+        .run(move |conn| Ok(crate::exceptions::list(conn, all)?))
+        .await?;
+    Ok(Json(ExceptionList { exceptions }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    /// What HQ did about it (required).
+    pub note: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/exceptions/{id}/resolve", params(("id" = i64, Path)),
+    request_body = Resolution,
+    responses((status = 200, body = crate::exceptions::ExceptionView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn resolve_exception(
+    State(hub): State<HubState>,
+    caller: Caller,
+    path: Result<Path<i64>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::exceptions::ExceptionView>, ApiError> {
+    caller.require_operator()?;
+    let unknown = || ApiError::new(404, "unknown_exception", "no exception with this id");
+    let id = path.map(|Path(id)| id).map_err(|_| unknown())?;
+    let resolution: Resolution = parse_body(&body)?;
+    let note = resolution.note.trim().to_owned();
+    if note.is_empty() || note.chars().count() > 500 {
+        return Err(ApiError::invalid_field("note must be 1 to 500 characters"));
+    }
+    let writer = hub.writer.clone();
+    let who = caller.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = writer
+            .lock()
+            .map_err(|_| ApiError::internal("writer lock"))?;
+        let state: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT resolved_ms FROM exceptions WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match state {
+            None => Err(unknown()),
+            Some(Some(_)) => Err(ApiError::new(
+                409,
+                "already_resolved",
+                "this exception was resolved before",
+            )),
+            Some(None) => {
+                conn.execute(
+                    "UPDATE exceptions SET resolved_ms = ?2, resolved_by = ?3, resolution_note = ?4
+                     WHERE id = ?1",
+                    rusqlite::params![id, now_ms() as i64, who, note],
+                )?;
+                Ok(())
+            }
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let found = hub
+        .reads
+        .run(move |conn| {
+            Ok(crate::exceptions::list(conn, true)?
+                .into_iter()
+                .find(|e| e.id == id))
+        })
+        .await?;
+    found.map(Json).ok_or_else(unknown)
 }
 
 pub struct Caller {
@@ -268,7 +636,9 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "chainsync hq-hub API", description = "HQ's view of the chain. Money is integer 分."),
-    paths(healthz, list_stores, search_members, get_member, member_ledger, get_checkout, digest),
+    paths(healthz, list_stores, search_members, get_member, member_ledger, get_checkout, digest,
+        get_policy, put_policy, create_coupon_template, issue_coupons, list_exceptions,
+        resolve_exception),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;
@@ -283,6 +653,17 @@ pub fn router(hub: HubState) -> Router {
         .route("/api/v1/members/{id}/ledger", get(member_ledger))
         .route("/api/v1/checkouts/{id}", get(get_checkout))
         .route("/api/v1/sync/digest", get(digest))
+        .route("/api/v1/allowance-policy", get(get_policy).put(put_policy))
+        .route(
+            "/api/v1/coupon-templates",
+            axum::routing::post(create_coupon_template),
+        )
+        .route("/api/v1/coupons", axum::routing::post(issue_coupons))
+        .route("/api/v1/exceptions", get(list_exceptions))
+        .route(
+            "/api/v1/exceptions/{id}/resolve",
+            axum::routing::post(resolve_exception),
+        )
         .fallback(not_found)
         .with_state(hub)
 }

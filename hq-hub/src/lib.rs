@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the data directory: `hub.toml`, the CA and hub certificates, `hub.db`.
 //! - [`db`]: the hub's schema (the replica's tables plus stores, relay log, users).
+//! - [`exceptions`]: the exception queue (overdrafts, double redemptions).
 //! - [`storage`]: the hub's side of the sync protocol over SQLite (one writer).
 //! - [`server`]: accepting stores over QUIC, identity and revocation checks, sessions.
 //! - [`http`]: HQ's HTTP API.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod db;
+pub mod exceptions;
 pub mod http;
 pub mod server;
 pub mod storage;

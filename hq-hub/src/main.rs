@@ -305,16 +305,20 @@ fn serve(
     let online = Arc::new(Mutex::new(HashMap::new()));
     let reads = Arc::new(ReadPool::open(&database, 4)?);
     let (log_grew, _) = tokio::sync::watch::channel(head);
+    let writer = Arc::new(Mutex::new(writer));
     let sync = SyncServer {
         database: database.clone(),
-        writer: Arc::new(Mutex::new(writer)),
-        log_grew,
+        writer: writer.clone(),
+        log_grew: log_grew.clone(),
         online: online.clone(),
+        reservations: Arc::new(Mutex::new(Default::default())),
     };
     let state = HubState {
         reads,
         online,
         rules: Arc::new(Rules::default()),
+        writer,
+        log_grew,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,6 +28,7 @@ pub struct SyncServer {
     pub writer: Arc<Mutex<Connection>>,
     pub log_grew: watch::Sender<u64>,
     pub online: OnlineStores,
+    pub reservations: Arc<Mutex<chainsync_core::allowance::ReservationBook>>,
 }
 
 /// Close codes sent to refused stores.
@@ -166,6 +167,7 @@ impl SyncServer {
         let mut side = SqliteHubSide {
             writer: self.writer.clone(),
             reader,
+            reservations: self.reservations.clone(),
             log_grew: self.log_grew.clone(),
             now_ms,
         };

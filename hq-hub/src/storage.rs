@@ -4,12 +4,15 @@
 //! one transaction and one fsync per batch, acknowledged only after commit. Each session reads
 //! the relay log through a read-only connection of its own.
 
-use chainsync_core::op::{Envelope, Op};
-use chainsync_core::sync::{HubSide, RelayedOp};
+use chainsync_core::allowance::{Decision, ReservationBook};
+use chainsync_core::op::{Envelope, Op, OpV1};
+use chainsync_core::sync::{AuthorizeDecision, AuthorizeRequest, HubSide, RelayedOp};
 use chainsync_core::{HlcTimestamp, StoreId};
 use chainsync_replica::project;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubStorageError {
@@ -30,6 +33,8 @@ pub enum HubStorageError {
 pub struct SqliteHubSide {
     pub writer: Arc<Mutex<Connection>>,
     pub reader: Connection,
+    /// Online grants waiting for their spends to arrive (shared by all sessions).
+    pub reservations: Arc<Mutex<ReservationBook>>,
     /// Notified with the new log head after each ingest that added something.
     pub log_grew: tokio::sync::watch::Sender<u64>,
     pub now_ms: fn() -> u64,
@@ -55,6 +60,50 @@ pub fn acked_seq(conn: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
     Ok(found.unwrap_or(0).max(0) as u64)
 }
 
+/// What an ingested batch touched: for releasing grants and refreshing exceptions.
+#[derive(Default)]
+pub struct Touched {
+    pub members: BTreeSet<Uuid>,
+    pub coupons: BTreeSet<String>,
+    pub checkouts: BTreeSet<Uuid>,
+}
+
+impl Touched {
+    fn note(&mut self, envelope: &Envelope) {
+        match &envelope.op {
+            Op::V1(OpV1::Ledger(entry)) => {
+                self.members.insert(entry.member_id);
+                if let Some(checkout) = entry.checkout_id {
+                    self.checkouts.insert(checkout);
+                }
+            }
+            Op::V1(OpV1::CouponRedeem(redemption)) => {
+                self.coupons.insert(redemption.code.clone());
+                self.checkouts.insert(redemption.checkout_id);
+            }
+            Op::V1(OpV1::Sale(sale)) => {
+                self.checkouts.insert(sale.id);
+            }
+            // A merge can put a group below zero.
+            Op::V1(OpV1::MemberChange { member_id, .. }) => {
+                self.members.insert(*member_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Refresh the exception queue for what was touched (inside the ingest transaction).
+    pub fn refresh_exceptions(&self, conn: &Connection, now_ms: u64) -> rusqlite::Result<()> {
+        for member in &self.members {
+            crate::exceptions::refresh_member(conn, *member, now_ms)?;
+        }
+        for code in &self.coupons {
+            crate::exceptions::refresh_coupon(conn, code, now_ms)?;
+        }
+        Ok(())
+    }
+}
+
 /// Ingest one batch in one transaction. Duplicates are skipped; a gap stops the batch.
 pub fn ingest(
     conn: &mut Connection,
@@ -62,6 +111,17 @@ pub fn ingest(
     ops: &[Envelope],
     now_ms: u64,
 ) -> Result<(u64, bool), HubStorageError> {
+    ingest_touching(conn, store, ops, now_ms).map(|(acked, grew, _)| (acked, grew))
+}
+
+/// [`ingest`], also saying what the batch touched.
+pub fn ingest_touching(
+    conn: &mut Connection,
+    store: &StoreId,
+    ops: &[Envelope],
+    now_ms: u64,
+) -> Result<(u64, bool, Touched), HubStorageError> {
+    let mut touched = Touched::default();
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut acked = acked_seq(&transaction, store)?;
     let start = acked;
@@ -84,14 +144,62 @@ pub fn ingest(
             "INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)",
             (envelope.origin.as_str(), envelope.seq as i64),
         )?;
+        touched.note(envelope);
         acked += 1;
     }
+    touched.refresh_exceptions(&transaction, now_ms)?;
     transaction.execute(
         "UPDATE stores SET acked_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
         (store.as_str(), acked as i64, now_ms as i64),
     )?;
     transaction.commit()?;
-    Ok((acked, acked > start))
+    Ok((acked, acked > start, touched))
+}
+
+/// Write an operation authored by HQ itself (origin `hq`): recorded, projected and put in
+/// the relay log in one transaction, like a store's. Returns the new log head.
+pub fn author(conn: &mut Connection, op: OpV1, now_ms: u64) -> Result<u64, HubStorageError> {
+    let hub = StoreId::hub();
+    let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (seq, wall_ms, counter): (i64, i64, i64) = transaction.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1, COALESCE(MAX(hlc_wall_ms), 0),
+                COALESCE((SELECT MAX(hlc_counter) FROM ops WHERE hlc_wall_ms =
+                          (SELECT MAX(hlc_wall_ms) FROM ops)), 0)
+         FROM ops",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
+    let own_seq: i64 = transaction.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM ops WHERE origin = ?1",
+        [hub.as_str()],
+        |row| row.get(0),
+    )?;
+    let _ = seq;
+    let mut clock = chainsync_core::Hlc::starting_after(HlcTimestamp {
+        wall_ms: wall_ms.max(0) as u64,
+        counter: u32::try_from(counter.max(0)).unwrap_or(u32::MAX),
+    });
+    let hlc = clock
+        .now(now_ms)
+        .map_err(|e| HubStorageError::Damaged(e.to_string()))?;
+    let envelope = Envelope {
+        origin: hub.clone(),
+        seq: own_seq.max(1) as u64,
+        hlc,
+        op: Op::V1(op),
+    };
+    project::apply_remote(&transaction, &hub, &envelope).map_err(|e| HubStorageError::Invalid {
+        origin: hub.to_string(),
+        seq: envelope.seq,
+        reason: e.to_string(),
+    })?;
+    transaction.execute(
+        "INSERT INTO relay_log (origin, seq) VALUES (?1, ?2)",
+        (hub.as_str(), envelope.seq as i64),
+    )?;
+    let head = log_head(&transaction)?;
+    transaction.commit()?;
+    Ok(head)
 }
 
 impl HubSide for SqliteHubSide {
@@ -102,16 +210,20 @@ impl HubSide for SqliteHubSide {
     }
 
     fn ingest(&mut self, store: &StoreId, ops: &[Envelope]) -> Result<u64, HubStorageError> {
-        let (acked, grew) = {
+        let (acked, touched) = {
             let mut conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-            let result = ingest(&mut conn, store, ops, (self.now_ms)())?;
-            if result.1 {
+            let (acked, grew, touched) = ingest_touching(&mut conn, store, ops, (self.now_ms)())?;
+            if grew {
                 let head = log_head(&conn)?;
                 self.log_grew.send_replace(head);
             }
-            result
+            (acked, touched)
         };
-        let _ = grew;
+        if let Ok(mut book) = self.reservations.lock() {
+            for checkout in &touched.checkouts {
+                book.release(*checkout);
+            }
+        }
         Ok(acked)
     }
 
@@ -168,6 +280,75 @@ impl HubSide for SqliteHubSide {
             (store.as_str(), cursor as i64, (self.now_ms)() as i64),
         )?;
         Ok(())
+    }
+
+    fn authorize(
+        &mut self,
+        _store: &StoreId,
+        request: &AuthorizeRequest,
+        now_ms: u64,
+    ) -> Result<AuthorizeDecision, HubStorageError> {
+        let mut book = self
+            .reservations
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        for code in &request.coupon_codes {
+            let known: bool = self.reader.query_row(
+                "SELECT COUNT(*) > 0 FROM coupons WHERE code = ?1",
+                [code],
+                |r| r.get(0),
+            )?;
+            let redeemed: bool = self.reader.query_row(
+                "SELECT COUNT(*) > 0 FROM coupon_redemptions WHERE code = ?1",
+                [code],
+                |r| r.get(0),
+            )?;
+            let reason = if !known {
+                Some("unknown coupon")
+            } else if redeemed || !book.hold_coupon(code, request.checkout_id, now_ms) {
+                Some("already redeemed")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                book.release(request.checkout_id);
+                return Ok(AuthorizeDecision::CouponUnavailable {
+                    code: code.clone(),
+                    reason: reason.into(),
+                });
+            }
+        }
+        let Some(member) = request.member_id else {
+            return Ok(AuthorizeDecision::Granted);
+        };
+        if request.spend.is_empty() {
+            return Ok(AuthorizeDecision::Granted);
+        }
+        let balances = chainsync_replica::read::balances(&self.reader, member)?.unwrap_or_default();
+        let canonical =
+            chainsync_replica::read::canonical_member(&self.reader, member)?.unwrap_or(member);
+        Ok(
+            match book.decide(
+                request.checkout_id,
+                canonical,
+                request.spend,
+                balances.stored_value().unwrap_or_default(),
+                balances.points,
+                now_ms,
+            ) {
+                Decision::Granted => AuthorizeDecision::Granted,
+                Decision::Insufficient {
+                    available_stored_value,
+                    available_points,
+                } => {
+                    book.release(request.checkout_id);
+                    AuthorizeDecision::InsufficientBalance {
+                        available_stored_value: available_stored_value.0,
+                        available_points,
+                    }
+                }
+            },
+        )
     }
 
     fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), HubStorageError> {

@@ -2,13 +2,16 @@
 //! request), produces replicated operations through [`Local::emit`], projects them, and returns
 //! the JSON reply. An error leaves nothing behind: the writer rolls the savepoint back.
 
-use chainsync_core::checkout::{self, Movement, Payment, PaymentMethod, PricedLine};
+use chainsync_core::allowance::{OfflineSpend, SpendRequest};
+use chainsync_core::checkout::{self, CouponUse, Movement, Payment, PaymentMethod, PricedLine};
 use chainsync_core::hlc::{Hlc, HlcTimestamp};
 use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
 use chainsync_core::member::{
     Gender, MemberDoc, Profile, ProfilePatch, normalize_phone, validate_card_no,
 };
-use chainsync_core::op::{Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleLine, SaleRecord};
+use chainsync_core::op::{
+    CouponRedemption, Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleLine, SaleRecord,
+};
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, IdGenerator, StoreId, limits};
 use rusqlite::{Connection, OptionalExtension};
@@ -460,10 +463,163 @@ fn parse_method(text: &str) -> Result<PaymentMethod, ApiError> {
     }
 }
 
+/// Who vouched for a checkout's spend of stored value, points and coupons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// Not enrolled with a hub: this store is the whole chain.
+    Standalone,
+    /// The hub authorized it against the chain-wide state.
+    Online,
+    /// The hub could not be asked (link down or no answer in time): offline rules apply.
+    Offline,
+}
+
+fn offline_limit(message: String) -> ApiError {
+    ApiError::new(422, "offline_limit_exceeded", message)
+}
+
+/// Check and count an offline spend against HQ's allowance.
+fn authorize_offline(
+    conn: &Connection,
+    member_id: Uuid,
+    request: SpendRequest,
+) -> Result<(), ApiError> {
+    let policy = read::allowance_policy(conn)?;
+    let used: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT stored_value_fen, points FROM offline_spend WHERE member_id = ?1",
+            [member_id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let exposure: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(stored_value_fen + points), 0) FROM offline_spend",
+        [],
+        |row| row.get(0),
+    )?;
+    let mut tracker = OfflineSpend {
+        per_member: Default::default(),
+        exposure,
+    };
+    if let Some((stored_value, points)) = used {
+        tracker.per_member.insert(
+            member_id,
+            SpendRequest {
+                stored_value: Fen(stored_value),
+                points,
+            },
+        );
+    }
+    tracker
+        .authorize(&policy, member_id, request)
+        .map_err(|refusal| offline_limit(refusal.to_string()))?;
+    let counted = tracker
+        .per_member
+        .get(&member_id)
+        .copied()
+        .unwrap_or_default();
+    conn.execute(
+        "INSERT INTO offline_spend (member_id, stored_value_fen, points) VALUES (?1, ?2, ?3)
+         ON CONFLICT (member_id) DO UPDATE SET stored_value_fen = excluded.stored_value_fen,
+             points = excluded.points",
+        (
+            member_id.to_string(),
+            counted.stored_value.0,
+            counted.points,
+        ),
+    )?;
+    Ok(())
+}
+
+/// Look up the coupons of a checkout; refuse what cannot be redeemed here and now.
+fn coupons_for_checkout(
+    conn: &Connection,
+    codes: &[String],
+    member_id: Option<Uuid>,
+    authority: Authority,
+) -> Result<Vec<CouponUse>, ApiError> {
+    if codes.len() > 8 {
+        return Err(ApiError::invalid_field("at most 8 coupons per checkout"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut uses = Vec::with_capacity(codes.len());
+    for code in codes {
+        if !seen.insert(code.as_str()) {
+            return Err(ApiError::invalid_field(format!(
+                "coupon {code} is listed twice"
+            )));
+        }
+        let found: Option<(Option<String>, i64, i64, bool)> = conn
+            .query_row(
+                "SELECT c.member_id, t.value_fen, t.min_spend_fen, t.online_only
+                 FROM coupons c JOIN coupon_templates t ON t.id = c.template_id
+                 WHERE c.code = ?1",
+                [code],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        let Some((owner, value, min_spend, online_only)) = found else {
+            return Err(ApiError::new(
+                422,
+                "unknown_coupon",
+                format!("no coupon with code {code}"),
+            ));
+        };
+        if let Some(owner) = owner
+            && member_id.map(|m| m.to_string()) != Some(owner)
+        {
+            return Err(ApiError::new(
+                422,
+                "coupon_member_mismatch",
+                format!("coupon {code} belongs to another member"),
+            ));
+        }
+        let redeemed: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM coupon_redemptions WHERE code = ?1",
+            [code],
+            |row| row.get(0),
+        )?;
+        if redeemed {
+            return Err(ApiError::new(
+                409,
+                "coupon_already_redeemed",
+                format!("coupon {code} was already used"),
+            ));
+        }
+        if online_only && authority == Authority::Offline {
+            return Err(ApiError::new(
+                422,
+                "online_only",
+                format!(
+                    "coupon {code} can only be used while the store is connected to HQ; \
+                     the link is down now: ask the customer to use it later or another way to pay"
+                ),
+            ));
+        }
+        uses.push(CouponUse {
+            value: Fen(value),
+            min_spend: Fen(min_spend),
+        });
+    }
+    Ok(uses)
+}
+
 pub fn checkout(
     conn: &Connection,
     local: &mut Local,
     request: NewCheckout,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    checkout_as(conn, local, request, None, Authority::Standalone, now_ms)
+}
+
+/// A checkout whose id may be chosen beforehand (it was sent to the hub for authorization).
+pub fn checkout_as(
+    conn: &Connection,
+    local: &mut Local,
+    request: NewCheckout,
+    checkout_id: Option<Uuid>,
+    authority: Authority,
     now_ms: u64,
 ) -> Result<Reply, ApiError> {
     if request.lines.len() > limits::checkout_lines_max {
@@ -524,9 +680,28 @@ pub fn checkout(
         }
         None => (None, None),
     };
-    let quote = checkout::quote(&local.rules, &lines, tier.as_ref(), balances, &payments)?;
+    let coupons = coupons_for_checkout(conn, &request.coupons, member_id, authority)?;
+    let quote = checkout::quote_with_coupons(
+        &local.rules,
+        &lines,
+        tier.as_ref(),
+        balances,
+        &payments,
+        &coupons,
+    )?;
+    if authority == Authority::Offline
+        && let Some(member_id) = member_id
+    {
+        let spend = spend_of(&payments, local.rules.point_value_fen);
+        if !spend.is_empty() {
+            authorize_offline(conn, member_id, spend)?;
+        }
+    }
 
-    let sale_id = local.new_id(now_ms)?;
+    let sale_id = match checkout_id {
+        Some(id) => id,
+        None => local.new_id(now_ms)?,
+    };
     let sale_lines = lines
         .iter()
         .map(|line| {
@@ -557,6 +732,16 @@ pub fn checkout(
     };
     let envelope = local.emit(conn, now_ms, OpV1::Sale(sale.clone()))?;
     project::project_sale(conn, &sale, &envelope.origin)?;
+    for code in &request.coupons {
+        let redemption = CouponRedemption {
+            id: local.new_id(now_ms)?,
+            code: code.clone(),
+            checkout_id: sale_id,
+            member_id,
+        };
+        let envelope = local.emit(conn, now_ms, OpV1::CouponRedeem(redemption.clone()))?;
+        project::project_redemption(conn, &redemption, &envelope.origin)?;
+    }
     if let Some(member_id) = member_id {
         for movement in &quote.movements {
             local.emit_entry(conn, now_ms, member_id, *movement, Some(sale_id), None)?;
@@ -667,4 +852,23 @@ pub fn refund(
             points,
         },
     )
+}
+
+/// What a checkout's payments take from the member's stored value and points.
+pub fn spend_of(payments: &[Payment], point_value_fen: i64) -> SpendRequest {
+    let mut spend = SpendRequest::default();
+    for payment in payments {
+        match payment.method {
+            PaymentMethod::StoredValue => {
+                spend.stored_value = Fen(spend.stored_value.0.saturating_add(payment.amount.0));
+            }
+            PaymentMethod::Points => {
+                spend.points = spend
+                    .points
+                    .saturating_add(payment.amount.0 / point_value_fen.max(1));
+            }
+            PaymentMethod::Cash | PaymentMethod::External => {}
+        }
+    }
+    spend
 }

@@ -16,8 +16,19 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(sqlite::replica_schema_v1),
         M::up(store_schema_v1),
+        M::up(sqlite::replica_schema_v2),
+        M::up(store_schema_v2),
     ])
 }
+
+/// Offline spending let through per offline period (see `chainsync_core::allowance`).
+const store_schema_v2: &str = r#"
+CREATE TABLE offline_spend (
+    member_id TEXT PRIMARY KEY,
+    stored_value_fen INTEGER NOT NULL,
+    points INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
 
 /// The store's own tables (the replicated ones come from `chainsync-replica`).
 const store_schema_v1: &str = r#"

@@ -36,6 +36,8 @@ pub struct AppState {
     pub rules: Arc<Rules>,
     /// The sync link as the running sync client sees it.
     pub link: crate::sync_client::SharedLinkStatus,
+    /// Asks the hub to authorize spends (None: a standalone store).
+    pub authorizer: Option<crate::sync_client::Authorizer>,
 }
 
 /// The authenticated caller.
@@ -330,12 +332,101 @@ async fn create_checkout(
 ) -> Result<Reply, ApiError> {
     let request: NewCheckout = parse_json(&body)?;
     let idempotency = idempotency(&headers, "POST /api/v1/checkouts", &body)?;
+    let checkout_id = new_checkout_id()?;
+    let authority = authorize(&app, &request, checkout_id).await?;
     app.writer
         .submit(
             idempotency,
-            Box::new(move |conn, local, now| commands::checkout(conn, local, request, now)),
+            Box::new(move |conn, local, now| {
+                commands::checkout_as(conn, local, request, Some(checkout_id), authority, now)
+            }),
         )
         .await
+}
+
+fn new_checkout_id() -> Result<Uuid, ApiError> {
+    let random = crate::random_bytes::<10>().map_err(ApiError::internal)?;
+    Ok(uuid::Builder::from_unix_timestamp_millis(crate::now_ms(), &random).into_uuid())
+}
+
+/// Online authorization of a checkout's stored value, points and coupons at the hub; a slow or
+/// lost answer (or a link that is down) falls back to the offline rules.
+async fn authorize(
+    app: &AppState,
+    request: &NewCheckout,
+    checkout_id: Uuid,
+) -> Result<commands::Authority, ApiError> {
+    let Some(authorizer) = &app.authorizer else {
+        return Ok(commands::Authority::Standalone);
+    };
+    let mut payments = Vec::new();
+    for payment in &request.payments {
+        if let (Some(method), Some(amount)) = (
+            match payment.method.as_str() {
+                "stored_value" => Some(chainsync_core::checkout::PaymentMethod::StoredValue),
+                "points" => Some(chainsync_core::checkout::PaymentMethod::Points),
+                _ => None,
+            },
+            payment.amount_fen.0.filter(|a| *a > 0),
+        ) {
+            payments.push(chainsync_core::checkout::Payment {
+                method,
+                amount: chainsync_core::Fen(amount),
+            });
+        }
+    }
+    let spend = commands::spend_of(&payments, app.rules.point_value_fen);
+    let needs_member = request.member_id.is_some() && !spend.is_empty();
+    if !needs_member && request.coupons.is_empty() {
+        return Ok(commands::Authority::Online);
+    }
+    let timeout_ms = app
+        .reads
+        .run(|conn| Ok(read::allowance_policy(conn)?))
+        .await?
+        .authorization_timeout_ms;
+    let ask = chainsync_core::sync::AuthorizeRequest {
+        request_id: 0,
+        checkout_id,
+        member_id: request.member_id,
+        spend,
+        coupon_codes: request.coupons.clone(),
+    };
+    match authorizer.ask(ask, timeout_ms).await {
+        None => Ok(commands::Authority::Offline),
+        Some(chainsync_core::sync::AuthorizeDecision::Granted) => Ok(commands::Authority::Online),
+        Some(chainsync_core::sync::AuthorizeDecision::InsufficientBalance {
+            available_stored_value,
+            available_points,
+        }) => Err(ApiError::new(
+            422,
+            if spend.stored_value.0 > available_stored_value {
+                "insufficient_balance"
+            } else {
+                "insufficient_points"
+            },
+            format!(
+                "across the chain this member has {} of stored value and {available_points} points \
+                 available (including spends still on their way to HQ)",
+                chainsync_core::Fen(available_stored_value)
+            ),
+        )),
+        Some(chainsync_core::sync::AuthorizeDecision::CouponUnavailable { code, reason }) => {
+            if reason == "unknown coupon" {
+                Err(ApiError::new(
+                    422,
+                    "unknown_coupon",
+                    format!("no coupon with code {code}"),
+                ))
+            } else {
+                Err(ApiError::new(
+                    409,
+                    "coupon_already_redeemed",
+                    format!("coupon {code}: {reason}"),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -214,6 +214,7 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let reads = Arc::new(ReadPool::open(&database, 4)?);
     let (writer, writer_thread) = Writer::start(conn, local)?;
     let bundle_path = config::bundle_path(&data_dir);
+    let mut authorizer = None;
     let sync_client = if bundle_path.exists() {
         let bundle = EnrollmentBundle::read_from(&bundle_path)?;
         let client_config = chainsync_net::tls::client_config(
@@ -227,6 +228,8 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
             last_error: None,
             connected_since_ms: None,
         }));
+        let (asker, authorizations) = store_node::sync_client::Authorizer::new(status.clone());
+        authorizer = Some(asker);
         Some(store_node::sync_client::SyncClient {
             store: config.store_id.clone(),
             database: database.clone(),
@@ -235,6 +238,7 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
             server_name: bundle.hub_server_name.clone(),
             client_config,
             status,
+            authorizations: Some(authorizations),
         })
     } else {
         None
@@ -249,6 +253,7 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         store_id: config.store_id.to_string(),
         rules: Arc::new(rules),
         link,
+        authorizer,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,13 +3,17 @@
 //! the cashier path: relayed operations are applied through the writer's background queue.
 
 use chainsync_core::StoreId;
-use chainsync_core::sync::{Message, StoreSession, StoreSessionState, SyncError};
+use chainsync_core::sync::{
+    AuthorizeDecision, AuthorizeRequest, Message, StoreSession, StoreSessionState, SyncError,
+};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 use crate::sync_side::SqliteStoreSide;
 use crate::writer::Writer;
@@ -45,6 +49,52 @@ pub struct LinkStatus {
 
 pub type SharedLinkStatus = Arc<Mutex<LinkStatus>>;
 
+/// Most authorization requests waiting for the sync task.
+pub const authorization_queue_max: usize = 256;
+
+type AuthorizationJob = (AuthorizeRequest, oneshot::Sender<AuthorizeDecision>);
+
+/// Asks the hub, through the running sync session, to authorize spends.
+#[derive(Clone)]
+pub struct Authorizer {
+    queue: mpsc::Sender<AuthorizationJob>,
+    link: SharedLinkStatus,
+}
+
+impl Authorizer {
+    /// A new authorizer and the receiving end for [`SyncClient::authorizations`].
+    pub fn new(link: SharedLinkStatus) -> (Authorizer, mpsc::Receiver<AuthorizationJob>) {
+        let (queue, jobs) = mpsc::channel(authorization_queue_max);
+        (Authorizer { queue, link }, jobs)
+    }
+
+    /// The hub's decision, or `None` if it cannot be had within `timeout_ms` (link down,
+    /// slow or lost reply): then the offline rules apply.
+    pub async fn ask(
+        &self,
+        request: AuthorizeRequest,
+        timeout_ms: u64,
+    ) -> Option<AuthorizeDecision> {
+        let online = self
+            .link
+            .lock()
+            .map(|s| s.link == LinkState::Online)
+            .unwrap_or(false);
+        if !online {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        let asked = async {
+            self.queue.send((request, reply)).await.ok()?;
+            answer.await.ok()
+        };
+        tokio::time::timeout(Duration::from_millis(timeout_ms), asked)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 pub fn standalone_status() -> SharedLinkStatus {
     Arc::new(Mutex::new(LinkStatus {
         link: LinkState::Standalone,
@@ -63,6 +113,8 @@ pub struct SyncClient {
     pub server_name: String,
     pub client_config: quinn::ClientConfig,
     pub status: SharedLinkStatus,
+    /// Authorization requests from the cashier API (see [`Authorizer`]).
+    pub authorizations: Option<mpsc::Receiver<AuthorizationJob>>,
 }
 
 impl SyncClient {
@@ -93,6 +145,10 @@ impl SyncClient {
         tokio::spawn(async move {
             let job: crate::writer::Job = Box::new(move |conn, _, _| {
                 chainsync_replica::sqlite::set_meta(conn, "sync_link_state", &name)?;
+                if name == "online" {
+                    // Back online: the offline period, and its allowance, are over.
+                    conn.execute("DELETE FROM offline_spend", [])?;
+                }
                 Ok(chainsync_replica::api::Reply {
                     status: 200,
                     body: serde_json::Value::Null,
@@ -103,7 +159,9 @@ impl SyncClient {
     }
 
     /// Run until `shutdown` fires.
-    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let (_unused, idle) = mpsc::channel(1);
+        let mut authorizations = self.authorizations.take().unwrap_or(idle);
         let bind = SocketAddr::from(([0u16; 8], 0));
         let fallback = SocketAddr::from(([0u8; 4], 0));
         let opened = quinn::Endpoint::client(bind).or_else(|_| quinn::Endpoint::client(fallback));
@@ -122,7 +180,7 @@ impl SyncClient {
         loop {
             self.set_status(LinkState::Connecting, None);
             let outcome = tokio::select! {
-                outcome = self.session_once(&endpoint) => outcome,
+                outcome = self.session_once(&endpoint, &mut authorizations) => outcome,
                 _ = shutdown.changed() => break,
             };
             match outcome {
@@ -149,7 +207,11 @@ impl SyncClient {
         endpoint.close(quinn::VarInt::from_u32(0), b"store shutting down");
     }
 
-    async fn session_once(&self, endpoint: &quinn::Endpoint) -> Result<(), SessionEnd> {
+    async fn session_once(
+        &self,
+        endpoint: &quinn::Endpoint,
+        authorizations: &mut mpsc::Receiver<AuthorizationJob>,
+    ) -> Result<(), SessionEnd> {
         let offline = |error: String| SessionEnd {
             error,
             was_online: false,
@@ -209,6 +271,8 @@ impl SyncClient {
         let mut own_seq = self.writer.own_seq();
         let mut tick = tokio::time::interval(Duration::from_millis(session_tick_ms));
         let mut was_online = false;
+        let mut waiting: HashMap<u64, oneshot::Sender<AuthorizeDecision>> = HashMap::new();
+        let mut next_request_id: u64 = 1;
         let result: Result<(), SyncError> = async {
             flush(&mut session, &mut send).await?;
             loop {
@@ -239,8 +303,21 @@ impl SyncClient {
                         }
                         tokio::task::block_in_place(|| session.handle_local_write(&mut side))?;
                     }
+                    Some((mut request, reply)) = authorizations.recv() => {
+                        request.request_id = next_request_id;
+                        next_request_id += 1;
+                        // If the session is not ready the reply is dropped: offline rules.
+                        if session.request_authorization(request.clone()) {
+                            waiting.insert(request.request_id, reply);
+                        }
+                    }
                     _ = tick.tick() => {
                         tokio::task::block_in_place(|| session.handle_timeout(&mut side, crate::now_ms()))?;
+                    }
+                }
+                while let Some((request_id, decision)) = session.poll_authorization() {
+                    if let Some(reply) = waiting.remove(&request_id) {
+                        let _ = reply.send(decision);
                     }
                 }
                 if !was_online && session.state() == StoreSessionState::Ready {

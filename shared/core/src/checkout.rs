@@ -52,6 +52,8 @@ pub struct Quote {
     pub points_earned: i64,
     pub tier_name: String,
     pub movements: Vec<Movement>,
+    /// The part of `discount` that coupons gave.
+    pub coupon_discount: Fen,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +78,8 @@ pub enum CheckoutError {
     InsufficientPoints { available: i64, wanted: i64 },
     #[error("amount overflow")]
     Overflow,
+    #[error("this coupon needs a total of at least {min_spend}; the total is {total}")]
+    CouponMinSpend { min_spend: Fen, total: Fen },
 }
 
 impl From<Overflow> for CheckoutError {
@@ -96,6 +100,26 @@ pub fn quote(
     tier: Option<&Tier>,
     balances: Option<Balances>,
     payments: &[Payment],
+) -> Result<Quote, CheckoutError> {
+    quote_with_coupons(rules, lines, tier, balances, payments, &[])
+}
+
+/// A coupon applied to a checkout: its value comes off the total (after the tier discount),
+/// which must reach its minimum spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CouponUse {
+    pub value: Fen,
+    pub min_spend: Fen,
+}
+
+/// [`quote`] with coupons. Coupons never make the total negative.
+pub fn quote_with_coupons(
+    rules: &Rules,
+    lines: &[PricedLine],
+    tier: Option<&Tier>,
+    balances: Option<Balances>,
+    payments: &[Payment],
+    coupons: &[CouponUse],
 ) -> Result<Quote, CheckoutError> {
     if lines.is_empty() {
         return Err(CheckoutError::EmptyCart);
@@ -124,6 +148,19 @@ pub fn quote(
         Some(tier) => subtotal.mul_basis_points(tier.discount_bp)?,
         None => Fen::ZERO,
     };
+    let after_tier = subtotal.checked_sub(discount)?;
+    let mut coupon_discount = Fen::ZERO;
+    for coupon in coupons {
+        if after_tier < coupon.min_spend {
+            return Err(CheckoutError::CouponMinSpend {
+                min_spend: coupon.min_spend,
+                total: after_tier,
+            });
+        }
+        coupon_discount = coupon_discount.checked_add(coupon.value)?;
+    }
+    let coupon_discount = coupon_discount.min(after_tier);
+    let discount = discount.checked_add(coupon_discount)?;
     let total = subtotal.checked_sub(discount)?;
 
     let by_method = |method: PaymentMethod| -> Result<Fen, CheckoutError> {
@@ -225,6 +262,7 @@ pub fn quote(
         points_earned,
         tier_name,
         movements,
+        coupon_discount,
     })
 }
 

@@ -3,10 +3,12 @@
 //! Layout:
 //! - [`money`]: integer 分 amounts with checked arithmetic.
 //! - [`id`]: store identities and UUIDv7 ids built from an injected clock and random source.
+//! - [`exceptions`]: overdrafts and double redemptions found in the merged state.
 //! - [`hlc`]: the hybrid logical clock that orders replicated writes.
 //! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
 //! - [`member`]: member profiles as automerge documents, phone normalization.
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
+//! - [`allowance`]: offline spending limits and the hub's book of online grants.
 //! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
 //! - [`op`]: the replicated operations (versioned) that every local write produces.
 //! - [`sync`]: the store ↔ hub sync protocol as two sans-IO state machines.
@@ -16,7 +18,9 @@
 //! Architecture invariant: nothing here reads a clock, a random source, a file or a socket.
 //! Callers pass time (`now_ms`) and randomness in. Everything is deterministic and testable.
 
+pub mod allowance;
 pub mod checkout;
+pub mod exceptions;
 pub mod hlc;
 pub mod id;
 pub mod ledger;

@@ -41,6 +41,42 @@ pub enum OpV1 {
     SaleRefund(RefundRecord),
     /// A product created or changed; last writer (by HLC, then origin) wins.
     ProductUpsert(ProductRecord),
+    /// HQ's offline allowance policy; the highest version wins.
+    AllowancePolicySet(crate::allowance::AllowancePolicy),
+    /// A coupon template created or changed (HQ); last writer wins.
+    CouponTemplateUpsert(CouponTemplate),
+    /// A coupon issued, with its unique code.
+    CouponIssue(CouponRecord),
+    /// A coupon used at a checkout. Two redemptions of one code are a double redemption.
+    CouponRedeem(CouponRedemption),
+}
+
+/// A coupon template (minimal: a cash voucher with a minimum spend).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponTemplate {
+    pub id: Uuid,
+    pub name: String,
+    /// Taken off the total at checkout.
+    pub value: Fen,
+    /// The total (after tier discount) must reach this.
+    pub min_spend: Fen,
+    /// Redeemable only while the store can reach the hub.
+    pub online_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRecord {
+    pub code: String,
+    pub template_id: Uuid,
+    pub member_id: Option<Uuid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRedemption {
+    pub id: Uuid,
+    pub code: String,
+    pub checkout_id: Uuid,
+    pub member_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +154,10 @@ impl Op {
             Op::V1(OpV1::Sale(_)) => "sale",
             Op::V1(OpV1::SaleRefund(_)) => "sale_refund",
             Op::V1(OpV1::ProductUpsert(_)) => "product_upsert",
+            Op::V1(OpV1::AllowancePolicySet(_)) => "allowance_policy",
+            Op::V1(OpV1::CouponTemplateUpsert(_)) => "coupon_template",
+            Op::V1(OpV1::CouponIssue(_)) => "coupon_issue",
+            Op::V1(OpV1::CouponRedeem(_)) => "coupon_redeem",
         }
     }
 }

@@ -87,6 +87,36 @@ pub enum MessageV1 {
         reason: RefuseReason,
         message: String,
     },
+    /// Ask the hub to authorize a spend against the chain-wide state.
+    Authorize(AuthorizeRequest),
+    AuthorizeReply {
+        request_id: u64,
+        decision: AuthorizeDecision,
+    },
+}
+
+/// A spend of money-like values the store wants authorized online.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeRequest {
+    /// Chosen by the store; echoed in the reply.
+    pub request_id: u64,
+    pub checkout_id: uuid::Uuid,
+    pub member_id: Option<uuid::Uuid>,
+    pub spend: crate::allowance::SpendRequest,
+    pub coupon_codes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthorizeDecision {
+    Granted,
+    InsufficientBalance {
+        available_stored_value: i64,
+        available_points: i64,
+    },
+    CouponUnavailable {
+        code: String,
+        reason: String,
+    },
 }
 
 /// An operation as relayed by the hub, with its position in the hub's log.
@@ -186,6 +216,13 @@ pub trait HubSide {
     fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), Self::Error>;
     /// Remember the store's own highest sequence as it said in its Hello (for lag).
     fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), Self::Error>;
+    /// Decide a spend against the chain-wide state (and hold it back if granted).
+    fn authorize(
+        &mut self,
+        store: &StoreId,
+        request: &AuthorizeRequest,
+        now_ms: u64,
+    ) -> Result<AuthorizeDecision, Self::Error>;
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> SyncError {
@@ -238,6 +275,7 @@ pub struct StoreSession {
     log_head: u64,
     push_window: Window,
     outbox: VecDeque<Message>,
+    replies: VecDeque<(u64, AuthorizeDecision)>,
 }
 
 impl StoreSession {
@@ -263,6 +301,7 @@ impl StoreSession {
                 last_progress_ms: now_ms,
             },
             outbox: VecDeque::from([Message::V1(hello)]),
+            replies: VecDeque::new(),
         })
     }
 
@@ -287,6 +326,22 @@ impl StoreSession {
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.outbox.pop_front()
+    }
+
+    /// Ask the hub to authorize a spend. Only once the session is ready (before that the
+    /// store is, for money purposes, offline); returns false if not sent.
+    pub fn request_authorization(&mut self, request: AuthorizeRequest) -> bool {
+        if self.state != StoreSessionState::Ready {
+            return false;
+        }
+        self.outbox
+            .push_back(Message::V1(MessageV1::Authorize(request)));
+        true
+    }
+
+    /// The hub's answers to authorization requests, as they arrive.
+    pub fn poll_authorization(&mut self) -> Option<(u64, AuthorizeDecision)> {
+        self.replies.pop_front()
     }
 
     pub fn handle_message<S: StoreSide>(
@@ -372,6 +427,16 @@ impl StoreSession {
                 let cursor = side.relay_cursor().map_err(storage)?;
                 self.outbox
                     .push_back(Message::V1(MessageV1::RelayAck { cursor }));
+                Ok(())
+            }
+            (
+                StoreSessionState::Ready,
+                MessageV1::AuthorizeReply {
+                    request_id,
+                    decision,
+                },
+            ) => {
+                self.replies.push_back((request_id, decision));
                 Ok(())
             }
             (state, other) => Err(SyncError::Protocol(format!(
@@ -556,6 +621,17 @@ impl HubSession {
                     .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
                 Ok(())
             }
+            (HubSessionState::Ready, MessageV1::Authorize(request)) => {
+                let decision = side
+                    .authorize(&self.store_id, &request, now_ms)
+                    .map_err(storage)?;
+                self.outbox
+                    .push_back(Message::V1(MessageV1::AuthorizeReply {
+                        request_id: request.request_id,
+                        decision,
+                    }));
+                Ok(())
+            }
             (HubSessionState::Ready, MessageV1::RelayAck { cursor }) => {
                 if cursor > self.relay_sent {
                     return Err(self.refuse(
@@ -661,6 +737,8 @@ fn message_name(message: &MessageV1) -> &'static str {
         MessageV1::Relay { .. } => "Relay",
         MessageV1::RelayAck { .. } => "RelayAck",
         MessageV1::Refused { .. } => "Refused",
+        MessageV1::Authorize(_) => "Authorize",
+        MessageV1::AuthorizeReply { .. } => "AuthorizeReply",
     }
 }
 

@@ -2,7 +2,12 @@
 //! deterministic simulation. They keep exactly what the SQLite ones keep: the set of
 //! operations, the cursors, and the ledger fold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use uuid::Uuid;
+
+use crate::allowance::{Decision, ReservationBook};
+use crate::sync::{AuthorizeDecision, AuthorizeRequest};
 use std::convert::Infallible;
 
 use crate::id::StoreId;
@@ -102,6 +107,10 @@ pub struct MemoryHub {
     pub acked: HashMap<StoreId, u64>,
     pub relay_acked: HashMap<StoreId, u64>,
     pub ledger: MemberLedger,
+    /// Redemptions seen per coupon code: (redemption id, store).
+    pub redemptions: BTreeMap<String, BTreeSet<(Uuid, StoreId)>>,
+    /// Online grants not yet matched by arriving entries (not durable: lost on a crash).
+    pub reservations: ReservationBook,
 }
 
 impl HubSide for MemoryHub {
@@ -120,8 +129,21 @@ impl HubSide for MemoryHub {
             if envelope.seq != acked + 1 {
                 break;
             }
-            if let Op::V1(OpV1::Ledger(entry)) = &envelope.op {
-                self.ledger.insert(entry.clone());
+            match &envelope.op {
+                Op::V1(OpV1::Ledger(entry)) => {
+                    if let Some(checkout) = entry.checkout_id {
+                        self.reservations.release(checkout);
+                    }
+                    self.ledger.insert(entry.clone());
+                }
+                Op::V1(OpV1::CouponRedeem(redemption)) => {
+                    self.reservations.release(redemption.checkout_id);
+                    self.redemptions
+                        .entry(redemption.code.clone())
+                        .or_default()
+                        .insert((redemption.id, envelope.origin.clone()));
+                }
+                _ => {}
             }
             self.log.push(envelope.clone());
             acked += 1;
@@ -164,5 +186,50 @@ impl HubSide for MemoryHub {
 
     fn record_hello(&mut self, _store: &StoreId, _own_seq_max: u64) -> Result<(), Infallible> {
         Ok(())
+    }
+
+    fn authorize(
+        &mut self,
+        _store: &StoreId,
+        request: &AuthorizeRequest,
+        now_ms: u64,
+    ) -> Result<AuthorizeDecision, Infallible> {
+        for code in &request.coupon_codes {
+            let redeemed = self.redemptions.get(code).is_some_and(|r| !r.is_empty());
+            if redeemed
+                || !self
+                    .reservations
+                    .hold_coupon(code, request.checkout_id, now_ms)
+            {
+                return Ok(AuthorizeDecision::CouponUnavailable {
+                    code: code.clone(),
+                    reason: "already redeemed".into(),
+                });
+            }
+        }
+        let Some(member) = request.member_id else {
+            return Ok(AuthorizeDecision::Granted);
+        };
+        let balances = self.ledger.balances_of(member).unwrap_or_default();
+        let stored_value = balances.stored_value().unwrap_or_default();
+        Ok(
+            match self.reservations.decide(
+                request.checkout_id,
+                member,
+                request.spend,
+                stored_value,
+                balances.points,
+                now_ms,
+            ) {
+                Decision::Granted => AuthorizeDecision::Granted,
+                Decision::Insufficient {
+                    available_stored_value,
+                    available_points,
+                } => AuthorizeDecision::InsufficientBalance {
+                    available_stored_value: available_stored_value.0,
+                    available_points,
+                },
+            },
+        )
     }
 }

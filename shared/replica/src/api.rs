@@ -75,6 +75,7 @@ impl From<CheckoutError> for ApiError {
             CheckoutError::MemberRequired => "member_required",
             CheckoutError::InsufficientBalance { .. } => "insufficient_balance",
             CheckoutError::InsufficientPoints { .. } => "insufficient_points",
+            CheckoutError::CouponMinSpend { .. } => "coupon_min_spend",
         };
         ApiError::new(422, code, e.to_string())
     }

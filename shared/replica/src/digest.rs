@@ -3,7 +3,8 @@
 //! operations have equal digests, whatever the order of arrival; different state gives a
 //! different digest (up to SHA-256 collisions).
 //!
-//! Stock and coupons join the digest when they exist.
+//! Coupons, their redemptions and HQ's allowance policy are included; stock joins when it
+//! exists.
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};

@@ -24,7 +24,11 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::Ledger(entry)) => Some(entry.member_id),
         Op::V1(OpV1::Sale(sale)) => sale.member_id,
         Op::V1(OpV1::SaleRefund(refund)) => refund.member_id,
-        Op::V1(OpV1::ProductUpsert(_)) => None,
+        Op::V1(OpV1::CouponIssue(coupon)) => coupon.member_id,
+        Op::V1(OpV1::CouponRedeem(redemption)) => redemption.member_id,
+        Op::V1(OpV1::ProductUpsert(_))
+        | Op::V1(OpV1::AllowancePolicySet(_))
+        | Op::V1(OpV1::CouponTemplateUpsert(_)) => None,
     };
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
@@ -301,6 +305,14 @@ pub fn apply_remote(
         Op::V1(OpV1::ProductUpsert(product)) => {
             project_product(conn, product, envelope.hlc, &envelope.origin)?
         }
+        Op::V1(OpV1::AllowancePolicySet(policy)) => project_policy(conn, policy)?,
+        Op::V1(OpV1::CouponTemplateUpsert(template)) => {
+            project_coupon_template(conn, template, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::CouponIssue(coupon)) => project_coupon(conn, coupon, &envelope.origin)?,
+        Op::V1(OpV1::CouponRedeem(redemption)) => {
+            project_redemption(conn, redemption, &envelope.origin)?
+        }
     }
     Ok(true)
 }
@@ -318,4 +330,99 @@ pub fn member_changes(conn: &Connection, member_id: Uuid) -> Result<Vec<Vec<u8>>
         }
     }
     Ok(changes)
+}
+
+/// The highest policy version wins.
+pub fn project_policy(
+    conn: &Connection,
+    policy: &chainsync_core::allowance::AllowancePolicy,
+) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(policy).unwrap_or_default();
+    conn.execute(
+        "INSERT INTO allowance_policy (id, version, body) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body
+         WHERE excluded.version > allowance_policy.version",
+        params![policy.version as i64, body],
+    )?;
+    Ok(())
+}
+
+/// Last writer wins, by (HLC, origin).
+pub fn project_coupon_template(
+    conn: &Connection,
+    template: &chainsync_core::op::CouponTemplate,
+    hlc: HlcTimestamp,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let current: Option<(i64, i64, String)> = conn
+        .query_row(
+            "SELECT hlc_wall_ms, hlc_counter, origin FROM coupon_templates WHERE id = ?1",
+            [template.id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let incoming = (
+        hlc.wall_ms as i64,
+        i64::from(hlc.counter),
+        origin.as_str().to_owned(),
+    );
+    if current.is_some_and(|current| current >= incoming) {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO coupon_templates (id, name, value_fen, min_spend_fen, online_only,
+             hlc_wall_ms, hlc_counter, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, value_fen = excluded.value_fen,
+             min_spend_fen = excluded.min_spend_fen, online_only = excluded.online_only,
+             hlc_wall_ms = excluded.hlc_wall_ms, hlc_counter = excluded.hlc_counter,
+             origin = excluded.origin",
+        params![
+            template.id.to_string(),
+            template.name,
+            template.value.0,
+            template.min_spend.0,
+            template.online_only,
+            incoming.0,
+            incoming.1,
+            incoming.2,
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn project_coupon(
+    conn: &Connection,
+    coupon: &chainsync_core::op::CouponRecord,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO coupons (code, template_id, member_id, origin) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            coupon.code,
+            coupon.template_id.to_string(),
+            coupon.member_id.map(|id| id.to_string()),
+            origin.as_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn project_redemption(
+    conn: &Connection,
+    redemption: &chainsync_core::op::CouponRedemption,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO coupon_redemptions (id, code, checkout_id, member_id, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            redemption.id.to_string(),
+            redemption.code,
+            redemption.checkout_id.to_string(),
+            redemption.member_id.map(|id| id.to_string()),
+            origin.as_str(),
+        ],
+    )?;
+    Ok(())
 }

@@ -431,3 +431,19 @@ pub fn product(conn: &Connection, sku: &str) -> rusqlite::Result<Option<ProductV
         })
         .optional()
 }
+
+/// HQ's current offline allowance policy (the default until HQ sets one).
+pub fn allowance_policy(
+    conn: &Connection,
+) -> rusqlite::Result<chainsync_core::allowance::AllowancePolicy> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM allowance_policy WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(body
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .unwrap_or_default())
+}

@@ -123,3 +123,42 @@ CREATE TABLE products (
 ) WITHOUT ROWID;
 
 "#;
+
+/// The replicated tables, version 2: HQ's offline allowance policy and coupons.
+pub const replica_schema_v2: &str = r#"
+-- The newest allowance policy (highest version wins); one row.
+CREATE TABLE allowance_policy (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+
+CREATE TABLE coupon_templates (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    value_fen INTEGER NOT NULL,
+    min_spend_fen INTEGER NOT NULL,
+    online_only INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE coupons (
+    code TEXT PRIMARY KEY,
+    template_id TEXT NOT NULL,
+    member_id TEXT,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX coupons_member ON coupons (member_id);
+
+-- Every redemption; more than one row for a code is a double redemption.
+CREATE TABLE coupon_redemptions (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL,
+    checkout_id TEXT NOT NULL,
+    member_id TEXT,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX coupon_redemptions_code ON coupon_redemptions (code);
+"#;

@@ -182,6 +182,9 @@ pub struct NewCheckout {
     pub member_id: Option<Uuid>,
     pub lines: Vec<NewCheckoutLine>,
     pub payments: Vec<NewPayment>,
+    /// Coupon codes to redeem (cash vouchers, taken off after the tier discount).
+    #[serde(default)]
+    pub coupons: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,6 +228,7 @@ pub struct CheckoutView {
     pub lines: Vec<CheckoutLineView>,
     pub payments: Vec<PaymentView>,
     pub subtotal_fen: i64,
+    /// Tier discount plus coupons.
     pub discount_fen: i64,
     pub total_fen: i64,
     pub points_earned: i64,

@@ -1,0 +1,330 @@
+//! Offline allowance: what a store may let members spend while it cannot reach the hub.
+//!
+//! While the link is up, spends of stored value and points are authorized against the
+//! chain-wide state at the hub (see [`ReservationBook`]). While it is down, a store authorizes
+//! them itself, but only inside limits HQ sets: per member (per store, per offline period) for
+//! stored value and for points, and a total for the store across all members. Whatever the
+//! allowance lets through that the chain-wide balance did not cover shows up at the hub as an
+//! exception when the replicas meet; nothing is rolled back.
+//!
+//! Everything here is pure: the caller passes the policy, the tracked offline spend and time.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use crate::money::Fen;
+
+/// HQ's limits for offline spending. Replicated to every store (the newest version wins).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowancePolicy {
+    pub version: u64,
+    /// Stored value one member may spend at one store during one offline period.
+    pub member_stored_value_max: Fen,
+    /// Points one member may spend at one store during one offline period.
+    pub member_points_max: i64,
+    /// Stored value plus points (at 1 point = 1 分) all members together may spend at one
+    /// store during one offline period.
+    pub store_exposure_max: Fen,
+    /// How long a store waits for the hub's answer before applying the offline rules, in ms.
+    pub authorization_timeout_ms: u64,
+}
+
+impl Default for AllowancePolicy {
+    fn default() -> AllowancePolicy {
+        AllowancePolicy {
+            version: 0,
+            member_stored_value_max: Fen(50_000),
+            member_points_max: 20_000,
+            store_exposure_max: Fen(500_000),
+            authorization_timeout_ms: 800,
+        }
+    }
+}
+
+/// What a spend asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRequest {
+    pub stored_value: Fen,
+    pub points: i64,
+}
+
+impl SpendRequest {
+    pub fn is_empty(&self) -> bool {
+        self.stored_value.0 <= 0 && self.points <= 0
+    }
+    /// Exposure at 1 point = 1 分.
+    pub fn exposure(&self) -> i64 {
+        self.stored_value
+            .0
+            .max(0)
+            .saturating_add(self.points.max(0))
+    }
+}
+
+/// Why an offline spend was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OfflineRefusal {
+    #[error(
+        "offline limit: this member may spend {limit} of stored value at this store while the \
+         link to HQ is down ({used} used); take another payment method or wait for the link"
+    )]
+    MemberStoredValue { limit: Fen, used: Fen },
+    #[error(
+        "offline limit: this member may spend {limit} points at this store while the link to HQ \
+         is down ({used} used); take another payment method or wait for the link"
+    )]
+    MemberPoints { limit: i64, used: i64 },
+    #[error(
+        "offline limit: this store may take {limit} of stored value and points in all while the \
+         link to HQ is down ({used} used); take another payment method or wait for the link"
+    )]
+    StoreExposure { limit: Fen, used: Fen },
+}
+
+/// What a store has let through during the current offline period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineSpend {
+    pub per_member: BTreeMap<Uuid, SpendRequest>,
+    pub exposure: i64,
+}
+
+impl OfflineSpend {
+    /// Check a spend against the policy; on success, count it.
+    pub fn authorize(
+        &mut self,
+        policy: &AllowancePolicy,
+        member: Uuid,
+        request: SpendRequest,
+    ) -> Result<(), OfflineRefusal> {
+        let used = self.per_member.get(&member).copied().unwrap_or_default();
+        let stored_value = used
+            .stored_value
+            .0
+            .saturating_add(request.stored_value.0.max(0));
+        let points = used.points.saturating_add(request.points.max(0));
+        if request.stored_value.0 > 0 && stored_value > policy.member_stored_value_max.0 {
+            return Err(OfflineRefusal::MemberStoredValue {
+                limit: policy.member_stored_value_max,
+                used: used.stored_value,
+            });
+        }
+        if request.points > 0 && points > policy.member_points_max {
+            return Err(OfflineRefusal::MemberPoints {
+                limit: policy.member_points_max,
+                used: used.points,
+            });
+        }
+        let exposure = self.exposure.saturating_add(request.exposure());
+        if exposure > policy.store_exposure_max.0 {
+            return Err(OfflineRefusal::StoreExposure {
+                limit: policy.store_exposure_max,
+                used: Fen(self.exposure),
+            });
+        }
+        self.per_member.insert(
+            member,
+            SpendRequest {
+                stored_value: Fen(stored_value),
+                points,
+            },
+        );
+        self.exposure = exposure;
+        Ok(())
+    }
+}
+
+/// The hub's book of spends it authorized that have not arrived as ledger entries yet.
+/// A grant holds the amount back from the member's chain-wide balance until the store's entries
+/// arrive (the caller releases by checkout id) or the reservation expires.
+#[derive(Clone, Debug, Default)]
+pub struct ReservationBook {
+    reservations: BTreeMap<Uuid, Reservation>,
+    /// Coupon codes granted to a checkout whose redemption has not arrived: code → (checkout,
+    /// expiry).
+    coupon_holds: BTreeMap<String, (Uuid, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reservation {
+    member: Uuid,
+    request: SpendRequest,
+    expires_ms: u64,
+}
+
+/// How long a grant holds money back without the spend arriving.
+pub const reservation_ttl_ms: u64 = 120_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    Granted,
+    /// The chain-wide balance (less other pending grants) does not cover it.
+    Insufficient {
+        available_stored_value: Fen,
+        available_points: i64,
+    },
+}
+
+impl ReservationBook {
+    /// Decide a spend for checkout `checkout` given the member's chain-wide balances.
+    pub fn decide(
+        &mut self,
+        checkout: Uuid,
+        member: Uuid,
+        request: SpendRequest,
+        chain_stored_value: Fen,
+        chain_points: i64,
+        now_ms: u64,
+    ) -> Decision {
+        self.expire(now_ms);
+        if let Some(existing) = self.reservations.get(&checkout)
+            && existing.member == member
+            && existing.request == request
+        {
+            return Decision::Granted;
+        }
+        let (held_value, held_points) = self
+            .reservations
+            .iter()
+            .filter(|(id, r)| r.member == member && **id != checkout)
+            .fold((0i64, 0i64), |(v, p), (_, r)| {
+                (
+                    v.saturating_add(r.request.stored_value.0),
+                    p.saturating_add(r.request.points),
+                )
+            });
+        let available_value = chain_stored_value.0.saturating_sub(held_value);
+        let available_points = chain_points.saturating_sub(held_points);
+        if request.stored_value.0 > available_value || request.points > available_points {
+            return Decision::Insufficient {
+                available_stored_value: Fen(available_value.max(0)),
+                available_points: available_points.max(0),
+            };
+        }
+        self.reservations.insert(
+            checkout,
+            Reservation {
+                member,
+                request,
+                expires_ms: now_ms.saturating_add(reservation_ttl_ms),
+            },
+        );
+        Decision::Granted
+    }
+
+    /// Hold `code` for `checkout`; false if another checkout holds it.
+    pub fn hold_coupon(&mut self, code: &str, checkout: Uuid, now_ms: u64) -> bool {
+        self.expire(now_ms);
+        match self.coupon_holds.get(code) {
+            Some((holder, _)) if *holder != checkout => false,
+            _ => {
+                let expires = now_ms.saturating_add(reservation_ttl_ms);
+                self.coupon_holds
+                    .insert(code.to_owned(), (checkout, expires));
+                true
+            }
+        }
+    }
+
+    /// The spend of `checkout` arrived (or was abandoned): stop holding it back.
+    pub fn release(&mut self, checkout: Uuid) {
+        self.reservations.remove(&checkout);
+        self.coupon_holds
+            .retain(|_, (holder, _)| *holder != checkout);
+    }
+
+    pub fn expire(&mut self, now_ms: u64) {
+        self.reservations.retain(|_, r| r.expires_ms > now_ms);
+        self.coupon_holds
+            .retain(|_, (_, expires)| *expires > now_ms);
+    }
+
+    pub fn len(&self) -> usize {
+        self.reservations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reservations.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn offline_spend_stops_at_each_limit() {
+        let policy = AllowancePolicy {
+            member_stored_value_max: Fen(1_000),
+            member_points_max: 500,
+            store_exposure_max: Fen(2_500),
+            ..AllowancePolicy::default()
+        };
+        let mut spend = OfflineSpend::default();
+        let value = |fen| SpendRequest {
+            stored_value: Fen(fen),
+            points: 0,
+        };
+        assert!(spend.authorize(&policy, member(1), value(600)).is_ok());
+        assert!(matches!(
+            spend.authorize(&policy, member(1), value(401)),
+            Err(OfflineRefusal::MemberStoredValue { .. })
+        ));
+        assert!(spend.authorize(&policy, member(1), value(400)).is_ok());
+        assert!(spend.authorize(&policy, member(2), value(1_000)).is_ok());
+        assert!(matches!(
+            spend.authorize(&policy, member(3), value(600)),
+            Err(OfflineRefusal::StoreExposure { .. })
+        ));
+        let points = SpendRequest {
+            stored_value: Fen(0),
+            points: 501,
+        };
+        assert!(matches!(
+            spend.authorize(&policy, member(4), points),
+            Err(OfflineRefusal::MemberPoints { .. })
+        ));
+        assert_eq!(spend.exposure, 2_000, "refused spends are not counted");
+    }
+
+    #[test]
+    fn grants_hold_money_back_until_released_or_expired() {
+        let mut book = ReservationBook::default();
+        let spend = SpendRequest {
+            stored_value: Fen(700),
+            points: 0,
+        };
+        let (c1, c2) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        assert_eq!(
+            book.decide(c1, member(1), spend, Fen(1_000), 0, 0),
+            Decision::Granted
+        );
+        assert_eq!(
+            book.decide(c1, member(1), spend, Fen(1_000), 0, 0),
+            Decision::Granted,
+            "retry"
+        );
+        assert!(matches!(
+            book.decide(c2, member(1), spend, Fen(1_000), 0, 0),
+            Decision::Insufficient { .. }
+        ));
+        book.release(c1);
+        assert_eq!(
+            book.decide(c2, member(1), spend, Fen(1_000), 0, 0),
+            Decision::Granted
+        );
+        assert!(matches!(
+            book.decide(c1, member(1), spend, Fen(1_000), 0, 1),
+            Decision::Insufficient { .. }
+        ));
+        assert_eq!(
+            book.decide(c1, member(1), spend, Fen(1_000), 0, reservation_ttl_ms + 1),
+            Decision::Granted,
+            "an expired grant no longer holds money back"
+        );
+    }
+}
