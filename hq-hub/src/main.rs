@@ -343,6 +343,8 @@ fn serve(
             .await
             .context("HTTP server failed")?;
         endpoint.close(quinn::VarInt::from_u32(0), b"hub shutting down");
+        // Let the close reach the stores, so they know at once that the link is down.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
         sync_task.abort();
         anyhow::Ok(())
     })?;

@@ -14,9 +14,9 @@ use std::time::Duration;
 use crate::pki;
 
 /// Keep-alive on idle links, so NATs keep the mapping and a dead link is noticed.
-pub const keep_alive_ms: u64 = 5_000;
+pub const keep_alive_ms: u64 = 2_000;
 /// A link silent for this long is dead.
-pub const idle_timeout_ms: u32 = 30_000;
+pub const idle_timeout_ms: u32 = 10_000;
 /// Most concurrent bidirectional streams a peer may open.
 pub const streams_bidi_max: u32 = 8;
 
