@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::useless_vec)]
 //! Property tests: the ledger fold and member-document merges do not depend on the order in
 //! which entries and changes arrive, nor on duplicates.
 
