@@ -15,6 +15,8 @@
 //! Nothing here sleeps to synchronize: waits are channel receives with a bounded timeout.
 //! Set `STORE_NODE_LOG=1` to copy the node's stderr to the test's stderr.
 
+pub mod multi;
+
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
