@@ -123,7 +123,9 @@ impl SyncServer {
             Ok(()) => tracing::info!(%store, "store session ended"),
             Err(SyncError::RefusedPeer { reason, message }) => {
                 tracing::warn!(%store, ?reason, %message, "refused store session");
-                // Give the Refused frame a moment to leave before closing.
+                // Closing at once could discard the Refused frame: give the store a moment to
+                // read it and hang up itself.
+                let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
                 connection.close(
                     quinn::VarInt::from_u32(close_code::refused),
                     message.as_bytes(),
