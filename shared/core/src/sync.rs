@@ -454,12 +454,20 @@ impl StoreSession {
         Ok(())
     }
 
-    /// Resend from the last acknowledgement if the hub has gone quiet.
+    /// Resend from the last acknowledgement if the hub has gone quiet; give up on a hub that
+    /// never answered the Hello (the caller then reconnects).
     pub fn handle_timeout<S: StoreSide>(
         &mut self,
         side: &mut S,
         now_ms: u64,
     ) -> Result<(), SyncError> {
+        if self.state == StoreSessionState::AwaitingWelcome
+            && now_ms.saturating_sub(self.push_window.last_progress_ms) >= 2 * sync_retransmit_ms
+        {
+            return Err(SyncError::Protocol(
+                "the hub did not answer the Hello".into(),
+            ));
+        }
         if self.state == StoreSessionState::Ready && self.push_window.stalled(now_ms) {
             self.pushed_upto = self.hub_acked;
             self.push_window = Window {
