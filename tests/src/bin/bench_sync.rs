@@ -1,0 +1,594 @@
+//! Sync benchmarks: hub ingest with 50 concurrent stores over QUIC + mTLS, a store catching up
+//! 10,000 entries (both directions), and replicating 1,000 member edits per side on 10,000
+//! members, next to automerge's own sync doing the same.
+//!
+//! `cargo run --release -p tests --bin bench_sync -- [--stores 50] [--entries 2000]`
+
+use anyhow::{Context, Result, anyhow, bail};
+use automerge::sync::{State as SyncState, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ROOT};
+use chainsync_core::StoreId;
+use chainsync_core::hlc::HlcTimestamp;
+use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
+use chainsync_core::member::{MemberDoc, Profile, ProfilePatch};
+use chainsync_core::op::{Envelope, Op, OpV1};
+use chainsync_core::sync::{
+    Message, MessageV1, StoreSession, StoreSessionState, sync_batch_ops_max,
+};
+use chainsync_core::sync_memory::MemoryStore;
+use chainsync_net::EnrollmentBundle;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let release = !cfg!(debug_assertions);
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .current_dir(root)
+        .args(["build", "-q", "-p", "hq-hub", "-p", "store-node"]);
+    if release {
+        cargo.arg("--release");
+    }
+    if !cargo.status()?.success() {
+        bail!("build failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let profile = target.join(if release { "release" } else { "debug" });
+    Ok((profile.join("hq-hub"), profile.join("store-node")))
+}
+
+fn cli(bin: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin).args(args).output()?;
+    if !out.status.success() {
+        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn serve(bin: &Path, args: &[&str], prefix: &str) -> Result<(Process, String)> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let process = Process(child);
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("server did not start"))?;
+        if let Some(address) = line.strip_prefix(prefix) {
+            return Ok((process, address.trim().to_owned()));
+        }
+    }
+}
+
+struct HubUnderTest {
+    _process: Process,
+    dir: PathBuf,
+    quic: SocketAddr,
+    http: String,
+    token: String,
+    bin: PathBuf,
+}
+
+fn start_hub(bin: &Path, dir: &Path) -> Result<HubUnderTest> {
+    let quic: SocketAddr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let data = dir.join("hub");
+    let data_text = data.display().to_string();
+    cli(
+        bin,
+        &[
+            "init",
+            "--data-dir",
+            &data_text,
+            "--public-addr",
+            &quic.to_string(),
+            "--quic-listen",
+            &quic.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let token = cli(
+        bin,
+        &[
+            "user",
+            "add",
+            "--data-dir",
+            &data_text,
+            "--name",
+            "bench",
+            "--role",
+            "hq-ops",
+        ],
+    )?;
+    let (process, _) = serve(
+        bin,
+        &["serve", "--data-dir", &data_text],
+        "quic listening on",
+    )?;
+    // The http line follows the quic one; the address is not needed beyond the token here.
+    Ok(HubUnderTest {
+        _process: process,
+        dir: data,
+        quic,
+        http: String::new(),
+        token,
+        bin: bin.to_path_buf(),
+    })
+}
+
+fn enroll(hub: &HubUnderTest, store: &str, out: &Path) -> Result<EnrollmentBundle> {
+    let path = out.join(format!("{store}.bundle"));
+    cli(
+        &hub.bin,
+        &[
+            "enroll",
+            "--data-dir",
+            &hub.dir.display().to_string(),
+            "--store-id",
+            store,
+            "--name",
+            store,
+            "--region",
+            "bench",
+            "--out",
+            &path.display().to_string(),
+        ],
+    )?;
+    Ok(EnrollmentBundle::read_from(&path)?)
+}
+
+/// A store holding `count` recharge entries of its own.
+fn filled_store(id: &StoreId, count: u64) -> MemoryStore {
+    let mut store = MemoryStore::new(id.clone());
+    for seq in 1..=count {
+        let hlc = HlcTimestamp {
+            wall_ms: 1_000 + seq,
+            counter: 0,
+        };
+        let entry = LedgerEntry {
+            id: Uuid::from_u128(
+                (u128::from(seq) << 32)
+                    | u128::from(u32::from_be_bytes([
+                        id.actor_bytes()[0],
+                        id.actor_bytes()[1],
+                        id.actor_bytes()[2],
+                        id.actor_bytes()[3],
+                    ])),
+            ),
+            origin: id.clone(),
+            seq,
+            hlc,
+            member_id: Uuid::from_u128(u128::from(seq % 500)),
+            kind: EntryKind::RechargePrincipal,
+            account: Account::Principal,
+            amount: 100,
+            checkout_id: None,
+            reason: None,
+            rule_version: 1,
+        };
+        store.write_local(Envelope {
+            origin: id.clone(),
+            seq,
+            hlc,
+            op: Op::V1(OpV1::Ledger(entry)),
+        });
+    }
+    store
+}
+
+/// Push everything a store holds to the hub over QUIC; return when the hub acknowledged all.
+/// Relayed batches from other stores are not applied (this measures ingest).
+async fn push_all(
+    bundle: EnrollmentBundle,
+    hub: SocketAddr,
+    mut store: MemoryStore,
+) -> Result<Duration> {
+    let config =
+        chainsync_net::tls::client_config(&bundle.ca_cert_pem, &bundle.cert_pem, &bundle.key_pem)?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    let started = Instant::now();
+    let connection = endpoint.connect(hub, &bundle.hub_server_name)?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let id = StoreId::parse(&bundle.store_id)?;
+    let mut session = StoreSession::new(id, &store, 0).map_err(|e| anyhow!("{e}"))?;
+    let target = store.own_max();
+    loop {
+        while let Some(message) = session.poll_transmit() {
+            chainsync_net::frame::write_frame(&mut send, &message.encode()).await?;
+        }
+        if session.state() == StoreSessionState::Ready && session.hub_acked() >= target {
+            break;
+        }
+        let frame = chainsync_net::frame::read_frame(&mut recv)
+            .await?
+            .context("hub closed")?;
+        let message = Message::decode(&frame)?;
+        if matches!(message, Message::V1(MessageV1::Relay { .. })) {
+            continue;
+        }
+        session
+            .handle_message(message, &mut store, 0)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let elapsed = started.elapsed();
+    connection.close(quinn::VarInt::from_u32(0), b"done");
+    Ok(elapsed)
+}
+
+fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<(f64, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let hub = start_hub(hub_bin, dir.path())?;
+    let mut work = Vec::new();
+    for n in 0..stores {
+        let bundle = enroll(&hub, &format!("b{n}"), dir.path())?;
+        let id = StoreId::parse(&bundle.store_id)?;
+        work.push((bundle, filled_store(&id, entries)));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = work
+            .into_iter()
+            .map(|(bundle, store)| tokio::spawn(push_all(bundle, hub.quic, store)))
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    let _ = &hub.http;
+    let _ = &hub.token;
+    Ok((
+        (stores as u64 * entries) as f64 / elapsed.as_secs_f64(),
+        elapsed,
+    ))
+}
+
+/// A fresh store-node enrolled on a hub that holds `count` entries: time until it has applied
+/// them all (its relay cursor reaches the hub's log head).
+fn relay_catch_up(hub_bin: &Path, store_bin: &Path, count: u64) -> Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let hub = start_hub(hub_bin, dir.path())?;
+    let source = enroll(&hub, "src", dir.path())?;
+    let id = StoreId::parse("src")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(push_all(source, hub.quic, filled_store(&id, count)))?;
+    enroll(&hub, "fresh", dir.path())?;
+    let data = dir.path().join("fresh").display().to_string();
+    cli(
+        store_bin,
+        &[
+            "init",
+            "--data-dir",
+            &data,
+            "--bundle",
+            &dir.path().join("fresh.bundle").display().to_string(),
+        ],
+    )?;
+    let token = cli(
+        store_bin,
+        &[
+            "user",
+            "add",
+            "--data-dir",
+            &data,
+            "--name",
+            "b",
+            "--role",
+            "manager",
+        ],
+    )?;
+    let started = Instant::now();
+    let (_node, address) = serve(
+        store_bin,
+        &["serve", "--data-dir", &data, "--listen", "127.0.0.1:0"],
+        "listening on ",
+    )?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    loop {
+        let status: serde_json::Value = agent
+            .get(&format!("http://{address}/api/v1/sync/status"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()?
+            .into_body()
+            .read_json()?;
+        if status["relay_cursor"].as_u64() == Some(count) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("fresh store did not catch up: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct EditFigures {
+    ours_bytes: usize,
+    /// The same batches, deflated (what batch compression on the wire would give).
+    ours_deflated: usize,
+    ours_ms: f64,
+    per_doc_bytes: usize,
+    per_doc_rounds: usize,
+    per_doc_ms: f64,
+    one_doc_bytes: usize,
+    one_doc_rounds: usize,
+    one_doc_ms: f64,
+}
+
+fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
+    let (a, b) = (StoreId::parse("ea")?, StoreId::parse("eb")?);
+    // Our way: one automerge document per member, changes shipped as operations in batches.
+    let mut saved = Vec::with_capacity(members);
+    for n in 0..members {
+        let profile = Profile {
+            name: format!("会员{n}"),
+            phone: format!("139{:08}", n),
+            card_no: format!("{:06}", 100_000 + n),
+            ..Profile::default()
+        };
+        let (mut doc, _) = MemberDoc::create(&a, &profile, 1)?;
+        saved.push(doc.save());
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut side_ops: Vec<Vec<Envelope>> = vec![Vec::new(), Vec::new()];
+    let mut edited: Vec<Vec<usize>> = vec![Vec::new(), Vec::new()];
+    for (side, store) in [&a, &b].into_iter().enumerate() {
+        let mut docs: std::collections::HashMap<usize, MemberDoc> =
+            std::collections::HashMap::new();
+        for e in 0..edits_per_side {
+            let member = (next() % members as u64) as usize;
+            let doc = match docs.entry(member) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(MemberDoc::load(store, &saved[member])?)
+                }
+            };
+            let patch = ProfilePatch {
+                note: Some(Some(format!("note {side}-{e}"))),
+                ..Default::default()
+            };
+            if let Some(change) = doc.edit(&patch, 2 + e as u64)? {
+                side_ops[side].push(Envelope {
+                    origin: store.clone(),
+                    seq: e as u64 + 1,
+                    hlc: HlcTimestamp {
+                        wall_ms: 2 + e as u64,
+                        counter: 0,
+                    },
+                    op: Op::V1(OpV1::MemberChange {
+                        member_id: Uuid::from_u128(member as u128),
+                        change,
+                    }),
+                });
+                edited[side].push(member);
+            }
+        }
+    }
+    let mut ours_bytes = 0;
+    let mut ours_deflated = 0;
+    for ops in &side_ops {
+        for batch in ops.chunks(sync_batch_ops_max) {
+            let encoded = Message::V1(MessageV1::Push {
+                ops: batch.to_vec(),
+            })
+            .encode();
+            ours_bytes += encoded.len() + 4;
+            let mut compressor =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut compressor, &encoded)?;
+            ours_deflated += compressor.finish()?.len() + 4;
+        }
+    }
+
+    // Applying at the receiving side as a replica does: load, apply, save, per operation.
+    let started = Instant::now();
+    for (side, ops) in side_ops.iter().enumerate() {
+        let receiver = if side == 0 { &b } else { &a };
+        let mut current: std::collections::HashMap<usize, Vec<u8>> =
+            std::collections::HashMap::new();
+        for envelope in ops {
+            if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op {
+                let member = member_id.as_u128() as usize;
+                let bytes = current.get(&member).unwrap_or(&saved[member]);
+                let mut doc = MemberDoc::load(receiver, bytes)?;
+                doc.apply_changes(std::slice::from_ref(change))?;
+                current.insert(member, doc.save());
+            }
+        }
+    }
+    let ours_ms = started.elapsed().as_secs_f64() * 1_000.0;
+
+    // automerge's own sync, one session per changed document.
+    let started = Instant::now();
+    let (mut per_doc_bytes, mut per_doc_rounds) = (0, 0);
+    let mut changed: Vec<usize> = edited[0].iter().chain(edited[1].iter()).copied().collect();
+    changed.sort_unstable();
+    changed.dedup();
+    for &member in &changed {
+        let mut left = AutoCommit::load(&saved[member])?;
+        let mut right = AutoCommit::load(&saved[member])?;
+        for envelope in &side_ops[0] {
+            if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op
+                && member_id.as_u128() as usize == member
+            {
+                left.apply_changes([automerge::Change::from_bytes(change.clone())?])?;
+            }
+        }
+        for envelope in &side_ops[1] {
+            if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op
+                && member_id.as_u128() as usize == member
+            {
+                right.apply_changes([automerge::Change::from_bytes(change.clone())?])?;
+            }
+        }
+        let (bytes, rounds) = automerge_sync(&mut left, &mut right)?;
+        per_doc_bytes += bytes;
+        per_doc_rounds += rounds;
+    }
+    let per_doc_ms = started.elapsed().as_secs_f64() * 1_000.0;
+
+    // automerge's own sync on one document holding every member.
+    let mut big = AutoCommit::new();
+    let mut ids = Vec::with_capacity(members);
+    for n in 0..members {
+        let id = big.put_object(ROOT, format!("m{n}"), ObjType::Map)?;
+        big.put(&id, "name", format!("会员{n}"))?;
+        big.put(&id, "phone", format!("139{:08}", n))?;
+        ids.push(id);
+    }
+    big.commit();
+    let mut left = big.fork();
+    let mut right = big.fork();
+    for (side, doc) in [&mut left, &mut right].into_iter().enumerate() {
+        for (e, member) in edited[side].iter().enumerate() {
+            doc.put(&ids[*member], "note", format!("note {side}-{e}"))?;
+            doc.commit();
+        }
+    }
+    let started = Instant::now();
+    let (one_doc_bytes, one_doc_rounds) = automerge_sync(&mut left, &mut right)?;
+    let one_doc_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    Ok(EditFigures {
+        ours_bytes,
+        ours_deflated,
+        ours_ms,
+        per_doc_bytes,
+        per_doc_rounds,
+        per_doc_ms,
+        one_doc_bytes,
+        one_doc_rounds,
+        one_doc_ms,
+    })
+}
+
+/// Run automerge's sync protocol between two documents until neither has anything to send.
+fn automerge_sync(left: &mut AutoCommit, right: &mut AutoCommit) -> Result<(usize, usize)> {
+    let (mut left_state, mut right_state) = (SyncState::new(), SyncState::new());
+    let (mut bytes, mut rounds) = (0, 0);
+    loop {
+        let mut moved = false;
+        if let Some(message) = left.sync().generate_sync_message(&mut left_state) {
+            let encoded = message.encode();
+            bytes += encoded.len();
+            right.sync().receive_sync_message(
+                &mut right_state,
+                automerge::sync::Message::decode(&encoded)?,
+            )?;
+            moved = true;
+        }
+        if let Some(message) = right.sync().generate_sync_message(&mut right_state) {
+            let encoded = message.encode();
+            bytes += encoded.len();
+            left.sync().receive_sync_message(
+                &mut left_state,
+                automerge::sync::Message::decode(&encoded)?,
+            )?;
+            moved = true;
+        }
+        if !moved {
+            return Ok((bytes, rounds));
+        }
+        rounds += 1;
+        if rounds > 100 {
+            bail!("automerge sync did not finish");
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let mut stores = 50usize;
+    let mut entries = 2_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--stores" => stores = args.next().context("--stores N")?.parse()?,
+            "--entries" => entries = args.next().context("--entries N")?.parse()?,
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let (hub_bin, store_bin) = binaries()?;
+    let (rate, elapsed) = ingest(&hub_bin, stores, entries)?;
+    println!(
+        "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {rate:.0} entries/s ({:.2} s) |",
+        elapsed.as_secs_f64()
+    );
+    let (_, push) = ingest(&hub_bin, 1, 10_000)?;
+    println!(
+        "| store with 10,000 waiting entries pushes them all (acknowledged durable) | {:.2} s |",
+        push.as_secs_f64()
+    );
+    let relay = relay_catch_up(&hub_bin, &store_bin, 10_000)?;
+    println!(
+        "| fresh store-node receives and applies 10,000 entries from the hub | {:.2} s |",
+        relay.as_secs_f64()
+    );
+    let edits = member_edits(10_000, 1_000)?;
+    println!(
+        "| 1,000 member edits per side on 10,000 members, our operations (batches of 256) | {} bytes; apply {:.0} ms |",
+        edits.ours_bytes, edits.ours_ms
+    );
+    println!(
+        "| same, our batches deflated (not on the wire yet) | {} bytes |",
+        edits.ours_deflated
+    );
+    println!(
+        "| same, automerge sync per changed document | {} bytes, {} rounds in all; {:.0} ms |",
+        edits.per_doc_bytes, edits.per_doc_rounds, edits.per_doc_ms
+    );
+    println!(
+        "| same, automerge sync of one document holding all members | {} bytes, {} rounds; {:.0} ms |",
+        edits.one_doc_bytes, edits.one_doc_rounds, edits.one_doc_ms
+    );
+    println!(
+        "| bytes, automerge one-document sync ÷ ours | {:.1}× |",
+        edits.one_doc_bytes as f64 / edits.ours_bytes.max(1) as f64
+    );
+    println!(
+        "| bytes, automerge per-document sync ÷ ours | {:.1}× |",
+        edits.per_doc_bytes as f64 / edits.ours_bytes.max(1) as f64
+    );
+    Ok(())
+}
