@@ -312,6 +312,7 @@ fn serve(
         log_grew: log_grew.clone(),
         online: online.clone(),
         reservations: Arc::new(Mutex::new(Default::default())),
+        queue: Arc::new(Default::default()),
     };
     let state = HubState {
         reads,

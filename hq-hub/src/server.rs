@@ -29,6 +29,7 @@ pub struct SyncServer {
     pub log_grew: watch::Sender<u64>,
     pub online: OnlineStores,
     pub reservations: Arc<Mutex<chainsync_core::allowance::ReservationBook>>,
+    pub queue: Arc<crate::storage::IngestQueue>,
 }
 
 /// Close codes sent to refused stores.
@@ -170,6 +171,7 @@ impl SyncServer {
             writer: self.writer.clone(),
             reader,
             reservations: self.reservations.clone(),
+            queue: self.queue.clone(),
             log_grew: self.log_grew.clone(),
             now_ms,
         };

@@ -35,6 +35,8 @@ pub struct SqliteHubSide {
     pub reader: Connection,
     /// Online grants waiting for their spends to arrive (shared by all sessions).
     pub reservations: Arc<Mutex<ReservationBook>>,
+    /// Batches waiting for the writer (shared by all sessions).
+    pub queue: Arc<IngestQueue>,
     /// Notified with the new log head after each ingest that added something.
     pub log_grew: tokio::sync::watch::Sender<u64>,
     pub now_ms: fn() -> u64,
@@ -121,9 +123,21 @@ pub fn ingest_touching(
     ops: &[Envelope],
     now_ms: u64,
 ) -> Result<(u64, bool, Touched), HubStorageError> {
-    let mut touched = Touched::default();
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut acked = acked_seq(&transaction, store)?;
+    let result = ingest_in(&transaction, store, ops, now_ms)?;
+    transaction.commit()?;
+    Ok(result)
+}
+
+/// Ingest one batch inside the caller's transaction.
+fn ingest_in(
+    conn: &Connection,
+    store: &StoreId,
+    ops: &[Envelope],
+    now_ms: u64,
+) -> Result<(u64, bool, Touched), HubStorageError> {
+    let mut touched = Touched::default();
+    let mut acked = acked_seq(conn, store)?;
     let start = acked;
     let hub = StoreId::hub();
     for envelope in ops {
@@ -133,27 +147,104 @@ pub fn ingest_touching(
         if envelope.seq != acked + 1 {
             break;
         }
-        project::apply_remote(&transaction, &hub, envelope).map_err(|e| {
-            HubStorageError::Invalid {
-                origin: envelope.origin.to_string(),
-                seq: envelope.seq,
-                reason: e.to_string(),
-            }
+        project::apply_remote(conn, &hub, envelope).map_err(|e| HubStorageError::Invalid {
+            origin: envelope.origin.to_string(),
+            seq: envelope.seq,
+            reason: e.to_string(),
         })?;
-        transaction.execute(
+        conn.execute(
             "INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)",
             (envelope.origin.as_str(), envelope.seq as i64),
         )?;
         touched.note(envelope);
         acked += 1;
     }
-    touched.refresh_exceptions(&transaction, now_ms)?;
-    transaction.execute(
+    touched.refresh_exceptions(conn, now_ms)?;
+    conn.execute(
         "UPDATE stores SET acked_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
         (store.as_str(), acked as i64, now_ms as i64),
     )?;
-    transaction.commit()?;
     Ok((acked, acked > start, touched))
+}
+
+type IngestResult = Result<(u64, bool, Touched), String>;
+
+struct IngestJob {
+    store: StoreId,
+    ops: Vec<Envelope>,
+    reply: std::sync::mpsc::Sender<IngestResult>,
+}
+
+/// Batches waiting for the writer. Whoever holds the writer lock commits every waiting batch
+/// (of any store) in one transaction, each in its own savepoint: one fsync for many stores.
+#[derive(Default)]
+pub struct IngestQueue {
+    pending: Mutex<Vec<IngestJob>>,
+}
+
+/// Ingest through the queue: group-committed with the batches of other sessions.
+pub fn ingest_grouped(
+    writer: &Mutex<Connection>,
+    queue: &IngestQueue,
+    store: &StoreId,
+    ops: &[Envelope],
+    now_ms: u64,
+) -> Result<(u64, bool, Touched), HubStorageError> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    queue
+        .pending
+        .lock()
+        .map_err(|_| HubStorageError::Poisoned)?
+        .push(IngestJob {
+            store: store.clone(),
+            ops: ops.to_vec(),
+            reply,
+        });
+    let mut conn = writer.lock().map_err(|_| HubStorageError::Poisoned)?;
+    // Another session may have committed our batch while we waited for the lock.
+    if let Ok(result) = answer.try_recv() {
+        return result.map_err(HubStorageError::Damaged);
+    }
+    let jobs: Vec<IngestJob> = std::mem::take(
+        &mut *queue
+            .pending
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?,
+    );
+    let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
+    let committed = (|| -> Result<(), HubStorageError> {
+        let mut transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in &jobs {
+            let savepoint = transaction.savepoint()?;
+            match ingest_in(&savepoint, &job.store, &job.ops, now_ms) {
+                Ok(result) => {
+                    savepoint.commit()?;
+                    results.push(Ok(result));
+                }
+                Err(e) => {
+                    drop(savepoint);
+                    results.push(Err(e.to_string()));
+                }
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = committed {
+        let message = e.to_string();
+        for job in jobs {
+            let _ = job.reply.send(Err(message.clone()));
+        }
+        return Err(e);
+    }
+    for (job, result) in jobs.into_iter().zip(results) {
+        let _ = job.reply.send(result);
+    }
+    drop(conn);
+    answer
+        .recv()
+        .map_err(|_| HubStorageError::Damaged("ingest answer lost".into()))?
+        .map_err(HubStorageError::Damaged)
 }
 
 /// Write an operation authored by HQ itself (origin `hq`): recorded, projected and put in
@@ -210,15 +301,11 @@ impl HubSide for SqliteHubSide {
     }
 
     fn ingest(&mut self, store: &StoreId, ops: &[Envelope]) -> Result<u64, HubStorageError> {
-        let (acked, touched) = {
-            let mut conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-            let (acked, grew, touched) = ingest_touching(&mut conn, store, ops, (self.now_ms)())?;
-            if grew {
-                let head = log_head(&conn)?;
-                self.log_grew.send_replace(head);
-            }
-            (acked, touched)
-        };
+        let (acked, grew, touched) =
+            ingest_grouped(&self.writer, &self.queue, store, ops, (self.now_ms)())?;
+        if grew {
+            self.log_grew.send_replace(log_head(&self.reader)?);
+        }
         if let Ok(mut book) = self.reservations.lock() {
             for checkout in &touched.checkouts {
                 book.release(*checkout);

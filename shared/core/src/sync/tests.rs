@@ -147,7 +147,10 @@ fn run_session(
                 }
             }
             now_ms += sync_retransmit_ms;
-            store_session.handle_timeout(store, now_ms).unwrap();
+            // A store that got no Welcome gives up on the session (it reconnects later).
+            if store_session.handle_timeout(store, now_ms).is_err() {
+                return deliveries;
+            }
             hub_session.handle_timeout(hub, now_ms).unwrap();
         }
     }
