@@ -43,21 +43,15 @@ pub struct SqliteHubSide {
 }
 
 pub fn log_head(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT COALESCE(MAX(hub_seq), 0) FROM relay_log",
-        [],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|v| v.max(0) as u64)
+    conn.prepare_cached("SELECT COALESCE(MAX(hub_seq), 0) FROM relay_log")?
+        .query_row([], |row| row.get::<_, i64>(0))
+        .map(|v| v.max(0) as u64)
 }
 
 pub fn acked_seq(conn: &Connection, store: &StoreId) -> rusqlite::Result<u64> {
     let found: Option<i64> = conn
-        .query_row(
-            "SELECT acked_seq FROM stores WHERE store_id = ?1",
-            [store.as_str()],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT acked_seq FROM stores WHERE store_id = ?1")?
+        .query_row([store.as_str()], |row| row.get(0))
         .optional()?;
     Ok(found.unwrap_or(0).max(0) as u64)
 }
@@ -152,18 +146,14 @@ fn ingest_in(
             seq: envelope.seq,
             reason: e.to_string(),
         })?;
-        conn.execute(
-            "INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)",
-            (envelope.origin.as_str(), envelope.seq as i64),
-        )?;
+        conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
+            .execute((envelope.origin.as_str(), envelope.seq as i64))?;
         touched.note(envelope);
         acked += 1;
     }
     touched.refresh_exceptions(conn, now_ms)?;
-    conn.execute(
-        "UPDATE stores SET acked_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
-        (store.as_str(), acked as i64, now_ms as i64),
-    )?;
+    conn.prepare_cached("UPDATE stores SET acked_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1")?
+        .execute((store.as_str(), acked as i64, now_ms as i64))?;
     Ok((acked, acked > start, touched))
 }
 
@@ -252,19 +242,17 @@ pub fn ingest_grouped(
 pub fn author(conn: &mut Connection, op: OpV1, now_ms: u64) -> Result<u64, HubStorageError> {
     let hub = StoreId::hub();
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (seq, wall_ms, counter): (i64, i64, i64) = transaction.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1, COALESCE(MAX(hlc_wall_ms), 0),
+    let (seq, wall_ms, counter): (i64, i64, i64) = transaction
+        .prepare_cached(
+            "SELECT COALESCE(MAX(seq), 0) + 1, COALESCE(MAX(hlc_wall_ms), 0),
                 COALESCE((SELECT MAX(hlc_counter) FROM ops WHERE hlc_wall_ms =
                           (SELECT MAX(hlc_wall_ms) FROM ops)), 0)
          FROM ops",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-    )?;
-    let own_seq: i64 = transaction.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM ops WHERE origin = ?1",
-        [hub.as_str()],
-        |row| row.get(0),
-    )?;
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    let own_seq: i64 = transaction
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops WHERE origin = ?1")?
+        .query_row([hub.as_str()], |row| row.get(0))?;
     let _ = seq;
     let mut clock = chainsync_core::Hlc::starting_after(HlcTimestamp {
         wall_ms: wall_ms.max(0) as u64,
@@ -284,10 +272,9 @@ pub fn author(conn: &mut Connection, op: OpV1, now_ms: u64) -> Result<u64, HubSt
         seq: envelope.seq,
         reason: e.to_string(),
     })?;
-    transaction.execute(
-        "INSERT INTO relay_log (origin, seq) VALUES (?1, ?2)",
-        (hub.as_str(), envelope.seq as i64),
-    )?;
+    transaction
+        .prepare_cached("INSERT INTO relay_log (origin, seq) VALUES (?1, ?2)")?
+        .execute((hub.as_str(), envelope.seq as i64))?;
     let head = log_head(&transaction)?;
     transaction.commit()?;
     Ok(head)
@@ -361,11 +348,11 @@ impl HubSide for SqliteHubSide {
 
     fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), HubStorageError> {
         let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE stores SET relay_acked = MAX(relay_acked, ?2), last_seen_ms = ?3
              WHERE store_id = ?1",
-            (store.as_str(), cursor as i64, (self.now_ms)() as i64),
-        )?;
+        )?
+        .execute((store.as_str(), cursor as i64, (self.now_ms)() as i64))?;
         Ok(())
     }
 
@@ -440,10 +427,10 @@ impl HubSide for SqliteHubSide {
 
     fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), HubStorageError> {
         let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE stores SET reported_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
-            (store.as_str(), own_seq_max as i64, (self.now_ms)() as i64),
-        )?;
+        )?
+        .execute((store.as_str(), own_seq_max as i64, (self.now_ms)() as i64))?;
         Ok(())
     }
 }

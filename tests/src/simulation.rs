@@ -494,9 +494,9 @@ impl Sim {
     fn workload(&mut self, store: usize) -> Result<(), String> {
         let members = self.known_members(store);
         match self.rng.below(100) {
-            // Register; sometimes with a phone another store already used.
+            // Register; often with a phone another store already used (a small pool of phones).
             0..=9 => {
-                let n = self.rng.below(1_000_000);
+                let n = self.rng.below(40);
                 let id = self.new_id(store);
                 let (_, change) =
                     MemberDoc::create(&self.stores[store].id, &member_profile(n), self.now_ms)

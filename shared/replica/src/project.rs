@@ -30,9 +30,8 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::AllowancePolicySet(_))
         | Op::V1(OpV1::CouponTemplateUpsert(_)) => None,
     };
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
         params![
             envelope.origin.as_str(),
             envelope.seq as i64,
@@ -59,28 +58,25 @@ pub fn project_member(
     let profile_json = serde_json::to_string(&profile).unwrap_or_default();
     let saved = doc.save();
     let old_phone: Option<String> = conn
-        .query_row(
-            "SELECT phone FROM members WHERE id = ?1",
-            [member_id.to_string()],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT phone FROM members WHERE id = ?1")?
+        .query_row([member_id.to_string()], |row| row.get(0))
         .optional()?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, card_no = excluded.card_no,
              name = excluded.name, profile_json = excluded.profile_json, doc = excluded.doc",
-        params![
-            member_id.to_string(),
-            profile.phone,
-            profile.card_no,
-            profile.name,
-            profile_json,
-            saved,
-            origin.as_str(),
-            created_ms as i64,
-        ],
-    )?;
+    )?
+    .execute(params![
+        member_id.to_string(),
+        profile.phone,
+        profile.card_no,
+        profile.name,
+        profile_json,
+        saved,
+        origin.as_str(),
+        created_ms as i64,
+    ])?;
     if let Some(old_phone) = old_phone.filter(|old| *old != profile.phone) {
         merge_same_phone(conn, &old_phone)?;
     }
@@ -93,19 +89,19 @@ pub fn merge_same_phone(conn: &Connection, phone: &str) -> rusqlite::Result<()> 
     if phone.is_empty() {
         return Ok(());
     }
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE members SET merged_into = CASE
              WHEN id = (SELECT MIN(id) FROM members WHERE phone = ?1) THEN NULL
              ELSE (SELECT MIN(id) FROM members WHERE phone = ?1) END
          WHERE phone = ?1",
-        [phone],
-    )?;
+    )?
+    .execute([phone])?;
     Ok(())
 }
 
 /// Recompute a member's cached balances from the ledger.
 pub fn refold_balances(conn: &Connection, member_id: Uuid) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE members SET
             principal_fen = (SELECT COALESCE(SUM(amount), 0) FROM ledger
                              WHERE member_id = ?1 AND account = 'principal'),
@@ -114,8 +110,8 @@ pub fn refold_balances(conn: &Connection, member_id: Uuid) -> rusqlite::Result<(
             points = (SELECT COALESCE(SUM(amount), 0) FROM ledger
                       WHERE member_id = ?1 AND account = 'points')
          WHERE id = ?1",
-        [member_id.to_string()],
-    )?;
+    )?
+    .execute([member_id.to_string()])?;
     Ok(())
 }
 
@@ -129,10 +125,9 @@ pub fn account_name(account: Account) -> &'static str {
 
 /// Add a ledger entry and move the member's cached balance by its amount.
 pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<()> {
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
+    let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
              account, amount, checkout_id, reason, rule_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")?.execute(
         params![
             entry.id.to_string(),
             entry.member_id.to_string(),
@@ -167,18 +162,18 @@ pub fn project_sale(
     sale: &SaleRecord,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO sales (id, member_id, origin, at_ms, total_fen, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            sale.id.to_string(),
-            sale.member_id.map(|id| id.to_string()),
-            origin.as_str(),
-            sale.at_ms as i64,
-            sale.total.0,
-            postcard::to_allocvec(sale).unwrap_or_default(),
-        ],
-    )?;
+    )?
+    .execute(params![
+        sale.id.to_string(),
+        sale.member_id.map(|id| id.to_string()),
+        origin.as_str(),
+        sale.at_ms as i64,
+        sale.total.0,
+        postcard::to_allocvec(sale).unwrap_or_default(),
+    ])?;
     Ok(())
 }
 
@@ -187,23 +182,22 @@ pub fn project_refund(
     refund: &RefundRecord,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO refunds (id, sale_id, member_id, origin, amount_fen, at_ms)
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO refunds (id, sale_id, member_id, origin, amount_fen, at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+        )?
+        .execute(params![
             refund.id.to_string(),
             refund.sale_id.to_string(),
             refund.member_id.map(|id| id.to_string()),
             origin.as_str(),
             refund.amount.0,
             refund.at_ms as i64,
-        ],
-    )?;
+        ])?;
     if inserted == 1 {
-        conn.execute(
-            "UPDATE sales SET refunded_fen = refunded_fen + ?1 WHERE id = ?2",
-            params![refund.amount.0, refund.sale_id.to_string()],
-        )?;
+        conn.prepare_cached("UPDATE sales SET refunded_fen = refunded_fen + ?1 WHERE id = ?2")?
+            .execute(params![refund.amount.0, refund.sale_id.to_string()])?;
     }
     Ok(())
 }
@@ -216,11 +210,10 @@ pub fn project_product(
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
     let current: Option<(i64, i64, String)> = conn
-        .query_row(
-            "SELECT hlc_wall_ms, hlc_counter, origin FROM products WHERE sku = ?1",
-            [&product.sku],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        .prepare_cached("SELECT hlc_wall_ms, hlc_counter, origin FROM products WHERE sku = ?1")?
+        .query_row([&product.sku], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     let incoming = (
         hlc.wall_ms as i64,
@@ -230,22 +223,22 @@ pub fn project_product(
     if current.is_some_and(|current| current >= incoming) {
         return Ok(());
     }
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO products (sku, name, price_fen, active, hlc_wall_ms, hlc_counter, origin)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen,
              active = excluded.active, hlc_wall_ms = excluded.hlc_wall_ms,
              hlc_counter = excluded.hlc_counter, origin = excluded.origin",
-        params![
-            product.sku,
-            product.name,
-            product.price.0,
-            product.active,
-            incoming.0,
-            incoming.1,
-            incoming.2,
-        ],
-    )?;
+    )?
+    .execute(params![
+        product.sku,
+        product.name,
+        product.price.0,
+        product.active,
+        incoming.0,
+        incoming.1,
+        incoming.2,
+    ])?;
     Ok(())
 }
 
@@ -280,11 +273,8 @@ pub fn apply_remote(
     match &envelope.op {
         Op::V1(OpV1::MemberChange { member_id, change }) => {
             let saved: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT doc FROM members WHERE id = ?1",
-                    [member_id.to_string()],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT doc FROM members WHERE id = ?1")?
+                .query_row([member_id.to_string()], |r| r.get(0))
                 .optional()?;
             let mut doc = match saved {
                 Some(saved) => MemberDoc::load(local, &saved)?,
@@ -338,12 +328,12 @@ pub fn project_policy(
     policy: &chainsync_core::allowance::AllowancePolicy,
 ) -> rusqlite::Result<()> {
     let body = serde_json::to_string(policy).unwrap_or_default();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO allowance_policy (id, version, body) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body
          WHERE excluded.version > allowance_policy.version",
-        params![policy.version as i64, body],
-    )?;
+    )?
+    .execute(params![policy.version as i64, body])?;
     Ok(())
 }
 
@@ -355,11 +345,12 @@ pub fn project_coupon_template(
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
     let current: Option<(i64, i64, String)> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT hlc_wall_ms, hlc_counter, origin FROM coupon_templates WHERE id = ?1",
-            [template.id.to_string()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        )?
+        .query_row([template.id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     let incoming = (
         hlc.wall_ms as i64,
@@ -369,7 +360,7 @@ pub fn project_coupon_template(
     if current.is_some_and(|current| current >= incoming) {
         return Ok(());
     }
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO coupon_templates (id, name, value_fen, min_spend_fen, online_only,
              hlc_wall_ms, hlc_counter, origin)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -377,17 +368,17 @@ pub fn project_coupon_template(
              min_spend_fen = excluded.min_spend_fen, online_only = excluded.online_only,
              hlc_wall_ms = excluded.hlc_wall_ms, hlc_counter = excluded.hlc_counter,
              origin = excluded.origin",
-        params![
-            template.id.to_string(),
-            template.name,
-            template.value.0,
-            template.min_spend.0,
-            template.online_only,
-            incoming.0,
-            incoming.1,
-            incoming.2,
-        ],
-    )?;
+    )?
+    .execute(params![
+        template.id.to_string(),
+        template.name,
+        template.value.0,
+        template.min_spend.0,
+        template.online_only,
+        incoming.0,
+        incoming.1,
+        incoming.2,
+    ])?;
     Ok(())
 }
 
@@ -396,8 +387,7 @@ pub fn project_coupon(
     coupon: &chainsync_core::op::CouponRecord,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO coupons (code, template_id, member_id, origin) VALUES (?1, ?2, ?3, ?4)",
+    conn.prepare_cached("INSERT OR IGNORE INTO coupons (code, template_id, member_id, origin) VALUES (?1, ?2, ?3, ?4)")?.execute(
         params![
             coupon.code,
             coupon.template_id.to_string(),
@@ -413,16 +403,16 @@ pub fn project_redemption(
     redemption: &chainsync_core::op::CouponRedemption,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO coupon_redemptions (id, code, checkout_id, member_id, origin)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            redemption.id.to_string(),
-            redemption.code,
-            redemption.checkout_id.to_string(),
-            redemption.member_id.map(|id| id.to_string()),
-            origin.as_str(),
-        ],
-    )?;
+    )?
+    .execute(params![
+        redemption.id.to_string(),
+        redemption.code,
+        redemption.checkout_id.to_string(),
+        redemption.member_id.map(|id| id.to_string()),
+        origin.as_str(),
+    ])?;
     Ok(())
 }

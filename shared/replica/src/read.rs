@@ -66,11 +66,8 @@ pub fn member_exists(conn: &Connection, id: Uuid) -> rusqlite::Result<bool> {
 /// The member that `id` stands for: itself, or the member it was merged into.
 pub fn canonical_member(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
     let found: Option<String> = conn
-        .query_row(
-            "SELECT COALESCE(merged_into, id) FROM members WHERE id = ?1",
-            [id.to_string()],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT COALESCE(merged_into, id) FROM members WHERE id = ?1")?
+        .query_row([id.to_string()], |row| row.get(0))
         .optional()?;
     Ok(found.and_then(|text| Uuid::parse_str(&text).ok()))
 }
@@ -94,19 +91,18 @@ pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances
     let Some(canonical) = canonical_member(conn, id)? else {
         return Ok(None);
     };
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT COALESCE(SUM(principal_fen), 0), COALESCE(SUM(bonus_fen), 0),
                 COALESCE(SUM(points), 0)
          FROM members WHERE id = ?1 OR merged_into = ?1",
-        [canonical.to_string()],
-        |row| {
-            Ok(Balances {
-                principal: Fen(row.get(0)?),
-                bonus: Fen(row.get(1)?),
-                points: row.get(2)?,
-            })
-        },
-    )
+    )?
+    .query_row([canonical.to_string()], |row| {
+        Ok(Balances {
+            principal: Fen(row.get(0)?),
+            bonus: Fen(row.get(1)?),
+            points: row.get(2)?,
+        })
+    })
     .optional()
 }
 
@@ -114,13 +110,14 @@ pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances
 pub fn spend_12m(conn: &Connection, id: Uuid, now_ms: u64) -> rusqlite::Result<Fen> {
     let since = now_ms.saturating_sub(tier_window_ms) as i64;
     let canonical = canonical_member(conn, id)?.unwrap_or(id);
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT COALESCE(SUM(total_fen - refunded_fen), 0) FROM sales
          WHERE at_ms >= ?2 AND member_id IN
              (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)",
-        params![canonical.to_string(), since],
-        |row| row.get(0).map(Fen),
-    )
+    )?
+    .query_row(params![canonical.to_string(), since], |row| {
+        row.get(0).map(Fen)
+    })
 }
 
 fn member_from_row(
@@ -363,11 +360,10 @@ pub fn checkout(
     id: Uuid,
 ) -> Result<Option<CheckoutView>, ApiError> {
     let found: Option<(Vec<u8>, i64, String)> = conn
-        .query_row(
-            "SELECT body, refunded_fen, origin FROM sales WHERE id = ?1",
-            [id.to_string()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        .prepare_cached("SELECT body, refunded_fen, origin FROM sales WHERE id = ?1")?
+        .query_row([id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     let Some((body, refunded_fen, origin)) = found else {
         return Ok(None);
@@ -379,13 +375,10 @@ pub fn checkout(
 }
 
 pub fn has_refund(conn: &Connection, sale_id: Uuid) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT 1 FROM refunds WHERE sale_id = ?1",
-        [sale_id.to_string()],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+    conn.prepare_cached("SELECT 1 FROM refunds WHERE sale_id = ?1")?
+        .query_row([sale_id.to_string()], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
 }
 
 pub fn checkouts(conn: &Connection, limit: usize) -> Result<Vec<CheckoutView>, ApiError> {
@@ -437,11 +430,8 @@ pub fn allowance_policy(
     conn: &Connection,
 ) -> rusqlite::Result<chainsync_core::allowance::AllowancePolicy> {
     let body: Option<String> = conn
-        .query_row(
-            "SELECT body FROM allowance_policy WHERE id = 1",
-            [],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT body FROM allowance_policy WHERE id = 1")?
+        .query_row([], |row| row.get(0))
         .optional()?;
     Ok(body
         .and_then(|body| serde_json::from_str(&body).ok())

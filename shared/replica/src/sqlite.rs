@@ -12,8 +12,12 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(statement_cache_max);
     Ok(())
 }
+
+/// Prepared statements kept per connection (every hot statement fits).
+pub const statement_cache_max: usize = 128;
 
 /// Open a read-only connection (the schema must already exist).
 pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
@@ -23,6 +27,7 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     )
     .with_context(|| format!("cannot open {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(statement_cache_max);
     Ok(conn)
 }
 
