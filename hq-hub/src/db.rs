@@ -1,7 +1,6 @@
 //! The hub's SQLite database: the replica's tables plus the hub's own (stores, the relay log,
 //! users), behind numbered migrations.
 
-use anyhow::Context;
 use chainsync_replica::sqlite;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
@@ -80,14 +79,9 @@ CREATE UNIQUE INDEX exceptions_open ON exceptions (kind, subject) WHERE resolved
 "#;
 
 /// Open the database for writing and bring its schema up to date.
+/// Open the database for writing and bring its schema up to date.
 pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
-    let mut conn =
-        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    sqlite::configure(&conn)?;
-    migrations()
-        .to_latest(&mut conn)
-        .context("schema migration failed")?;
-    Ok(conn)
+    chainsync_replica::node::open_writer(path, &migrations())
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
-use chainsync_core::member::normalize_phone;
 use chainsync_core::rules::Rules;
 use chainsync_replica::api::ApiError;
-use chainsync_replica::read::{self, MemberQuery, ReadPool};
+use chainsync_replica::api::BearerAuth;
+use chainsync_replica::read::{self, MemberSearch, ReadPool};
 use chainsync_replica::views::{CheckoutView, ErrorBody, LedgerView, MemberList, MemberView};
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
@@ -511,14 +511,6 @@ async fn list_stores(
     Ok(Json(StoreList { stores }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct MemberSearch {
-    pub phone: Option<String>,
-    pub card_no: Option<String>,
-    pub q: Option<String>,
-    pub limit: Option<usize>,
-}
-
 #[utoipa::path(get, path = "/api/v1/members", params(MemberSearch),
     responses((status = 200, body = MemberList)), security(("bearer" = [])))]
 async fn search_members(
@@ -527,23 +519,11 @@ async fn search_members(
     query: Result<Query<MemberSearch>, QueryRejection>,
 ) -> Result<Json<MemberList>, ApiError> {
     let Query(search) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
-    let member_query = if let Some(phone) = search.phone {
-        match normalize_phone(&phone) {
-            Ok(phone) => MemberQuery::Phone(phone),
-            Err(_) => {
-                return Ok(Json(MemberList {
-                    members: Vec::new(),
-                }));
-            }
-        }
-    } else if let Some(card_no) = search.card_no {
-        MemberQuery::CardNo(card_no.trim().to_owned())
-    } else if let Some(text) = search.q.filter(|q| !q.trim().is_empty()) {
-        MemberQuery::Text(text.trim().to_owned())
-    } else {
-        MemberQuery::All
+    let Some((member_query, limit)) = search.query() else {
+        return Ok(Json(MemberList {
+            members: Vec::new(),
+        }));
     };
-    let limit = search.limit.unwrap_or(50);
     let rules = hub.rules.clone();
     let members = hub
         .reads
@@ -618,19 +598,6 @@ async fn digest(
 
 async fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such route")
-}
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
 }
 
 #[derive(OpenApi)]

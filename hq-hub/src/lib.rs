@@ -18,10 +18,4 @@ pub mod server;
 pub mod storage;
 pub mod users;
 
-/// Wall-clock time in Unix ms.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use chainsync_replica::node::now_ms;

@@ -94,14 +94,7 @@ enum UserCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    chainsync_replica::node::init_tracing();
     match Cli::parse().command {
         Command::Init {
             data_dir,
@@ -340,7 +333,7 @@ fn serve(
         println!("http listening on {http_bound}");
         let sync_task = tokio::spawn(sync.run(endpoint.clone()));
         axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(chainsync_replica::node::shutdown_signal())
             .await
             .context("HTTP server failed")?;
         endpoint.close(quinn::VarInt::from_u32(0), b"hub shutting down");
@@ -351,24 +344,4 @@ fn serve(
     })?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::http::OnlineStores;
 use crate::now_ms;
@@ -163,7 +163,7 @@ impl SyncServer {
         &self,
         store: &StoreId,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
     ) -> Result<(), SyncError> {
         let reader = crate::db::open_reader(&self.database)
             .map_err(|e| SyncError::Storage(e.to_string()))?;
@@ -178,23 +178,7 @@ impl SyncServer {
         let mut session = HubSession::new(store.clone(), now_ms());
         let mut log_grew = self.log_grew.subscribe();
         // Frames are read by their own task so that waiting for one can be cancelled safely.
-        let (frames, mut incoming) = mpsc::channel::<Result<Vec<u8>, String>>(8);
-        let reader_task = tokio::spawn(async move {
-            loop {
-                match chainsync_net::frame::read_frame(&mut recv).await {
-                    Ok(Some(frame)) => {
-                        if frames.send(Ok(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = frames.send(Err(e.to_string())).await;
-                        break;
-                    }
-                }
-            }
-        });
+        let (mut incoming, reader_task) = chainsync_net::frame::spawn_reader(recv);
         let mut tick = tokio::time::interval(Duration::from_millis(session_tick_ms));
         let mut counted_online = false;
         let result = loop {

@@ -3,7 +3,6 @@
 //! WAL mode with `synchronous=FULL`: a commit is on disk (fsync) before it returns, so a sale is
 //! durable before the cashier sees success.
 
-use anyhow::Context;
 use chainsync_replica::sqlite;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
@@ -56,17 +55,12 @@ CREATE TABLE idempotency (
 "#;
 
 /// Open the database for writing and bring its schema up to date.
-pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
-    let mut conn =
-        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    sqlite::configure(&conn)?;
-    migrations()
-        .to_latest(&mut conn)
-        .context("schema migration failed")?;
-    Ok(conn)
-}
-
 pub use chainsync_replica::sqlite::set_meta;
+
+/// Open the database for writing and bring its schema up to date.
+pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+    chainsync_replica::node::open_writer(path, &migrations())
+}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use chainsync_core::member::normalize_phone;
 use chainsync_core::rules::Rules;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -19,8 +18,9 @@ use uuid::Uuid;
 use crate::auth::{Role, User};
 use crate::commands;
 use crate::writer::{Idempotency, Writer};
+use chainsync_replica::api::BearerAuth;
 use chainsync_replica::api::{ApiError, Reply};
-use chainsync_replica::read::{self, MemberQuery, ReadPool};
+use chainsync_replica::read::{self, MemberSearch, ReadPool};
 use chainsync_replica::views::*;
 
 /// Largest request body, in bytes.
@@ -164,18 +164,6 @@ async fn create_member(
         .await
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct MemberSearch {
-    /// Exact phone (normalized like at registration).
-    pub phone: Option<String>,
-    /// Exact card number.
-    pub card_no: Option<String>,
-    /// Name prefix, or part of a phone or card number.
-    pub q: Option<String>,
-    /// At most this many (default 50, at most 500).
-    pub limit: Option<usize>,
-}
-
 #[utoipa::path(get, path = "/api/v1/members", params(MemberSearch),
     responses((status = 200, body = MemberList)), security(("bearer" = [])))]
 async fn search_members(
@@ -184,23 +172,11 @@ async fn search_members(
     query: Result<Query<MemberSearch>, QueryRejection>,
 ) -> Result<Json<MemberList>, ApiError> {
     let Query(search) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
-    let member_query = if let Some(phone) = search.phone {
-        match normalize_phone(&phone) {
-            Ok(phone) => MemberQuery::Phone(phone),
-            Err(_) => {
-                return Ok(Json(MemberList {
-                    members: Vec::new(),
-                }));
-            }
-        }
-    } else if let Some(card_no) = search.card_no {
-        MemberQuery::CardNo(card_no.trim().to_owned())
-    } else if let Some(text) = search.q.filter(|q| !q.trim().is_empty()) {
-        MemberQuery::Text(text.trim().to_owned())
-    } else {
-        MemberQuery::All
+    let Some((member_query, limit)) = search.query() else {
+        return Ok(Json(MemberList {
+            members: Vec::new(),
+        }));
     };
-    let limit = search.limit.unwrap_or(50);
     let rules = app.rules.clone();
     let members = app
         .reads
@@ -567,19 +543,6 @@ async fn sync_digest(
 
 async fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such route")
-}
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
 }
 
 #[derive(OpenApi)]

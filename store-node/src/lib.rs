@@ -26,17 +26,11 @@ pub mod sync_client;
 pub mod sync_side;
 pub mod writer;
 
-/// Wall-clock time in Unix ms. The only clock read in the store node's write path.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     Ok(bytes)
 }
+
+pub use chainsync_replica::node::now_ms;

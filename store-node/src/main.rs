@@ -77,14 +77,7 @@ enum UserCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    chainsync_replica::node::init_tracing();
     match Cli::parse().command {
         Command::Init {
             data_dir,
@@ -268,7 +261,7 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         tracing::info!(store = %config.store_id, %address, "serving");
         println!("listening on {address}");
         let served = axum::serve(listener, http::router(app))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(chainsync_replica::node::shutdown_signal())
             .await
             .context("HTTP server failed");
         let _ = stop_sync.send(true);
@@ -283,24 +276,4 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

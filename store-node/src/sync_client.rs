@@ -236,7 +236,7 @@ impl SyncClient {
                 .await
                 .map_err(|_| offline("hub did not answer in time".into()))?
                 .map_err(|e| offline(format!("connection failed: {e}")))?;
-        let (mut send, mut recv) = connection
+        let (mut send, recv) = connection
             .open_bi()
             .await
             .map_err(|e| offline(format!("no stream: {e}")))?;
@@ -251,23 +251,7 @@ impl SyncClient {
             StoreSession::new(self.store.clone(), &side, crate::now_ms())
         })
         .map_err(|e| offline(e.to_string()))?;
-        let (frames, mut incoming) = mpsc::channel::<Result<Vec<u8>, String>>(8);
-        let reader_task = tokio::spawn(async move {
-            loop {
-                match chainsync_net::frame::read_frame(&mut recv).await {
-                    Ok(Some(frame)) => {
-                        if frames.send(Ok(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = frames.send(Err(e.to_string())).await;
-                        break;
-                    }
-                }
-            }
-        });
+        let (mut incoming, reader_task) = chainsync_net::frame::spawn_reader(recv);
         let mut own_seq = self.writer.own_seq();
         let mut tick = tokio::time::interval(Duration::from_millis(session_tick_ms));
         let mut was_online = false;

@@ -66,6 +66,38 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>,
     }
 }
 
+/// Frames waiting to be handled, per stream.
+pub const reader_queue_max: usize = 8;
+
+/// Read frames on a task of their own and hand them over a channel, so that waiting for the
+/// next frame can sit in a `select!` safely (a partly read frame is never lost). The channel
+/// ends after the stream ends; an error is the last item.
+pub fn spawn_reader(
+    mut recv: quinn::RecvStream,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (frames, incoming) = tokio::sync::mpsc::channel(reader_queue_max);
+    let task = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut recv).await {
+                Ok(Some(frame)) => {
+                    if frames.send(Ok(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = frames.send(Err(e.to_string())).await;
+                    break;
+                }
+            }
+        }
+    });
+    (incoming, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

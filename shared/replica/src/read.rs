@@ -178,6 +178,36 @@ pub fn member(
     }
 }
 
+/// `GET /api/v1/members?phone=|card_no=|q=&limit=`, on the store and the hub.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct MemberSearch {
+    /// Exact phone (normalized like at registration).
+    pub phone: Option<String>,
+    /// Exact card number.
+    pub card_no: Option<String>,
+    /// Name prefix, or part of a phone or card number.
+    pub q: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+impl MemberSearch {
+    /// The query to run, or `None` when it cannot match anything (a phone that is not one).
+    pub fn query(self) -> Option<(MemberQuery, usize)> {
+        let limit = self.limit.unwrap_or(50);
+        let query = if let Some(phone) = self.phone {
+            MemberQuery::Phone(chainsync_core::member::normalize_phone(&phone).ok()?)
+        } else if let Some(card_no) = self.card_no {
+            MemberQuery::CardNo(card_no.trim().to_owned())
+        } else if let Some(text) = self.q.filter(|q| !q.trim().is_empty()) {
+            MemberQuery::Text(text.trim().to_owned())
+        } else {
+            MemberQuery::All
+        };
+        Some((query, limit))
+    }
+}
+
 pub enum MemberQuery {
     Phone(String),
     CardNo(String),

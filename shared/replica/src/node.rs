@@ -1,0 +1,59 @@
+//! What both server binaries need around the replica: logging, the wall clock, graceful
+//! shutdown, opening the database with its migrations.
+
+use anyhow::Context;
+use rusqlite::Connection;
+use rusqlite_migration::Migrations;
+use std::path::Path;
+
+/// Structured logs to stderr (`RUST_LOG` filters; default `info`); colours only on a terminal.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Wall-clock time in Unix ms: the one clock reading of a server's write path.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Open a database for writing and bring its schema up to date.
+pub fn open_writer(path: &Path, migrations: &Migrations<'static>) -> anyhow::Result<Connection> {
+    let mut conn =
+        Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    crate::sqlite::configure(&conn)?;
+    migrations
+        .to_latest(&mut conn)
+        .context("schema migration failed")?;
+    Ok(conn)
+}
