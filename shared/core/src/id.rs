@@ -79,7 +79,8 @@ impl fmt::Display for StoreId {
 }
 
 /// Makes UUIDv7 ids. Time comes from the caller; randomness from the caller's source.
-/// Ids made by one generator are strictly increasing even if the clock stalls or steps back.
+/// Ids never carry a time earlier than the last one made (a clock stepping back reuses the last
+/// ms); within one ms their order is that of the random bytes.
 #[derive(Debug, Default)]
 pub struct IdGenerator {
     last_ms: u64,

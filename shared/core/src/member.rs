@@ -184,6 +184,11 @@ fn validate_tags(tags: &BTreeSet<String>) -> Result<(), MemberError> {
 
 /// Check a full profile for a new member (phone must already be normalized).
 pub fn validate_profile(profile: &Profile) -> Result<(), MemberError> {
+    validate_profile_except_tags(profile)?;
+    validate_tags(&profile.tags)
+}
+
+fn validate_profile_except_tags(profile: &Profile) -> Result<(), MemberError> {
     if profile.name.trim().is_empty() {
         return Err(invalid("name", "required"));
     }
@@ -202,7 +207,7 @@ pub fn validate_profile(profile: &Profile) -> Result<(), MemberError> {
             validate_text(field, value, limits::note_chars_max)?;
         }
     }
-    validate_tags(&profile.tags)
+    Ok(())
 }
 
 /// A loaded member document, bound to the store that edits it.
@@ -288,7 +293,12 @@ impl MemberDoc {
     ) -> Result<Option<Vec<u8>>, MemberError> {
         let mut next = self.profile();
         apply_patch_to(&mut next, patch)?;
-        validate_profile(&next)?;
+        // Concurrent tag additions can merge into more tags than one edit may set; that must
+        // not block edits of other fields, so the tag limit applies only when tags are edited.
+        validate_profile_except_tags(&next)?;
+        if patch.tags.is_some() {
+            validate_tags(&next.tags)?;
+        }
         let current = self.profile();
         if next == current {
             return Ok(None);

@@ -812,7 +812,6 @@ proptest! {
 /// not (40 tags > `member_tags_max`), and from then on every edit that leaves the tags alone is
 /// refused, because `edit` validates the whole merged profile.
 #[test]
-#[ignore = "core bug: concurrent tag additions can exceed member_tags_max and block all edits"]
 fn concurrent_tag_additions_keep_the_member_editable() {
     let profile = Profile {
         name: "张三".into(),
