@@ -18,4 +18,10 @@ pub mod server;
 pub mod storage;
 pub mod users;
 
-pub use chainsync_replica::node::now_ms;
+/// Wall-clock time in Unix ms: the one clock reading of the hub's write path.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -7,7 +7,7 @@
 //! - [`read`]: queries (members, ledger, checkouts, products) and the read-connection pool.
 //! - [`digest`]: a hash over the canonical replicated state: equal digests ⇔ converged.
 //! - [`views`]: the JSON shapes of the HTTP APIs.
-//! - [`node`]: logging, clock, graceful shutdown, opening with migrations (both binaries).
+//! - [`node`]: logging, graceful shutdown, opening with migrations (both binaries).
 //! - [`api`]: the API error type and the reply of a write.
 //!
 //! Architecture invariant: a replica's queryable state is a pure function of the *set* of

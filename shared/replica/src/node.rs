@@ -1,5 +1,5 @@
-//! What both server binaries need around the replica: logging, the wall clock, graceful
-//! shutdown, opening the database with its migrations.
+//! What both server binaries need around the replica: logging, graceful shutdown, opening the
+//! database with its migrations. (The wall clock is read in each binary, never under shared/.)
 
 use anyhow::Context;
 use rusqlite::Connection;
@@ -16,14 +16,6 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-/// Wall-clock time in Unix ms: the one clock reading of a server's write path.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
