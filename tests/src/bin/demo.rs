@@ -1,289 +1,324 @@
-//! The demo: a hub and three store nodes on loopback with sample data.
+//! The demo: an HQ hub and three store nodes on loopback with sample data.
 //!
-//! `cargo run --release -p tests --bin demo` builds the binaries, enrolls three stores, starts
-//! everything, loads ≥ 1,000 members and ≥ 100 products through the HTTP APIs, waits until all
-//! replicas agree, prints where to point a browser or curl, and runs until Ctrl-C.
-//! `--scenario` instead runs a scripted day with a partition and prints the digests at the end
-//! (exit status 0 only if every replica converged).
+//! `cargo run --release -p tests --bin demo` builds `hq-hub` and `store-node`, enrolls three
+//! stores, starts everything, loads ≥ 1,000 members and ≥ 100 products through the HTTP APIs,
+//! waits until all four replicas agree, prints the addresses and API tokens, and runs until
+//! Ctrl-C. `--scenario` instead runs a scripted day with a partition (the hub goes down, the
+//! stores keep selling) and exits 0 only if every replica converged afterwards.
 
-use anyhow::{Context, Result, anyhow, bail};
+#[path = "demo/api.rs"]
+mod api;
+#[path = "demo/data.rs"]
+mod data;
+#[path = "demo/load.rs"]
+mod load;
+#[path = "demo/procs.rs"]
+mod procs;
+#[path = "demo/scenario.rs"]
+mod scenario;
+
+use anyhow::{Context, Result, bail};
+use api::Api;
+use procs::Binaries;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const stores: [(&str, &str, &str); 3] = [
-    ("s1", "上海南京路店", "east"),
-    ("s2", "杭州西湖店", "east"),
-    ("s3", "北京王府井店", "north"),
+/// The three stores: id, name, region, cashier, manager.
+const stores: [(&str, &str, &str, &str, &str); 3] = [
+    ("s1", "上海南京路店", "east", "收银员小王", "王店长"),
+    ("s2", "杭州西湖店", "east", "收银员小李", "李店长"),
+    ("s3", "北京王府井店", "north", "收银员小张", "张店长"),
 ];
-const start_timeout: Duration = Duration::from_secs(60);
-const converge_timeout: Duration = Duration::from_secs(120);
+/// Preferred HTTP ports (a free one is used instead when taken).
+const hub_http_port: u16 = 8080;
+const store_http_ports: [u16; 3] = [8181, 8182, 8183];
+const start_timeout: Duration = Duration::from_secs(30);
+/// How long the replicas may take to agree during set-up.
+const converge_timeout: Duration = Duration::from_secs(90);
+/// Where the demo keeps what it needs to start again with `--reuse`.
+const state_file: &str = "demo.json";
+const usage: &str = "\
+usage: demo [--scenario] [--dir DIR [--reuse]] [--members N] [--products N] [--no-build]
+
+  (no option)    start an HQ hub and 3 store nodes on 127.0.0.1 with sample data, print the
+                 addresses and API tokens, run until Ctrl-C
+  --scenario     run a scripted day with a partition instead, then stop (exit 0 if converged)
+  --dir DIR      keep everything in DIR (default: a temporary directory, removed on exit);
+                 DIR must be new or empty
+  --reuse        allow a non-empty DIR; if it holds an earlier demo, start that one again
+                 (same data and tokens) instead of setting up a new one
+  --members N    sample members to load (default 1200)
+  --products N   sample products (default 120; 100 to 128)
+  --no-build     use the hq-hub and store-node binaries next to the demo without building";
 
 struct Options {
     scenario: bool,
     dir: Option<PathBuf>,
+    reuse: bool,
     members: usize,
     products: usize,
+    skip_build: bool,
 }
 
-fn options() -> Result<Options> {
+fn options() -> Result<Option<Options>> {
     let mut options = Options {
         scenario: false,
         dir: None,
+        reuse: false,
         members: 1_200,
         products: 120,
+        skip_build: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--scenario" => options.scenario = true,
-            "--dir" => {
-                options.dir = Some(PathBuf::from(args.next().context("--dir needs a path")?))
+            "--dir" => options.dir = Some(args.next().context("--dir needs a directory")?.into()),
+            "--reuse" => options.reuse = true,
+            "--members" => {
+                options.members = args
+                    .next()
+                    .context("--members needs a number")?
+                    .parse()
+                    .context("--members needs a number")?
             }
-            "--members" => options.members = args.next().context("--members N")?.parse()?,
-            "--products" => options.products = args.next().context("--products N")?.parse()?,
+            "--products" => {
+                options.products = args
+                    .next()
+                    .context("--products needs a number")?
+                    .parse()
+                    .context("--products needs a number")?
+            }
+            "--no-build" => options.skip_build = true,
             "-h" | "--help" => {
-                println!("usage: demo [--scenario] [--dir DIR] [--members N] [--products N]");
-                std::process::exit(0);
+                println!("{usage}");
+                return Ok(None);
             }
-            other => bail!("unknown argument {other:?} (try --help)"),
+            other => bail!("unknown argument {other:?}\n{usage}"),
         }
     }
-    Ok(options)
-}
-
-/// A child process killed (SIGTERM, then SIGKILL) when dropped.
-struct Process {
-    name: String,
-    child: Child,
-}
-
-impl Process {
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-struct Binaries {
-    hub: PathBuf,
-    store: PathBuf,
-}
-
-fn build() -> Result<Binaries> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?;
-    let release = !cfg!(debug_assertions);
-    println!(
-        "building hq-hub and store-node ({})…",
-        if release { "release" } else { "debug" }
-    );
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .current_dir(root)
-        .args(["build", "-p", "hq-hub", "-p", "store-node"]);
-    if release {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building the binaries failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let profile = target.join(if release { "release" } else { "debug" });
-    Ok(Binaries {
-        hub: profile.join("hq-hub"),
-        store: profile.join("store-node"),
-    })
-}
-
-/// Run a CLI command; return its stdout, trimmed.
-fn run(program: &Path, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", program.display()))?;
-    if !output.status.success() {
+    let most = load::catalogue_size();
+    if options.products < load::products_min || options.products > most {
         bail!(
-            "{} {} failed: {}",
-            program.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
+            "--products must be between {} and {most}",
+            load::products_min
         );
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    if options.reuse && options.dir.is_none() {
+        bail!("--reuse goes with --dir DIR");
+    }
+    Ok(Some(options))
 }
 
-/// Start a server; wait for each `prefix ADDR` line it prints; return the addresses.
-fn start(
-    name: &str,
-    program: &Path,
-    args: &[&str],
-    log: &Path,
-    prefixes: &[&str],
-) -> Result<(Process, Vec<String>)> {
-    let log_file = std::fs::File::create(log)?;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let process = Process {
-        name: name.to_owned(),
-        child,
-    };
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + start_timeout;
-    let mut addresses = Vec::new();
-    for prefix in prefixes {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = received
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("{name} did not start; see {}", log.display()))?;
-            if let Some(address) = line.strip_prefix(prefix) {
-                addresses.push(address.trim().to_owned());
-                break;
-            }
-        }
-    }
-    Ok((process, addresses))
-}
+/// Each replica's digest by node (`hq`, `s1`…); None if it did not answer.
+pub type Digests = Vec<(String, Option<String>)>;
 
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct Http {
-    agent: ureq::Agent,
-}
-
-impl Http {
-    fn new() -> Http {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build();
-        Http {
-            agent: config.into(),
-        }
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        url: &str,
-        token: &str,
-        body: Option<&Value>,
-        key: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        let auth = format!("Bearer {token}");
-        let response = match (method, body) {
-            ("GET", _) => self.agent.get(url).header("Authorization", &auth).call(),
-            (_, Some(body)) => {
-                let mut request = self.agent.post(url).header("Authorization", &auth);
-                if let Some(key) = key {
-                    request = request.header("Idempotency-Key", key);
-                }
-                request.send_json(body)
-            }
-            _ => bail!("unsupported request"),
-        }
-        .with_context(|| format!("{method} {url}"))?;
-        let status = response.status().as_u16();
-        let text = response.into_body().read_to_string().unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    fn get(&self, url: &str, token: &str) -> Result<Value> {
-        let (status, body) = self.call("GET", url, token, None, None)?;
-        if status != 200 {
-            bail!("GET {url}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    fn post(&self, url: &str, token: &str, body: &Value, key: &str) -> Result<Value> {
-        let (status, reply) = self.call("POST", url, token, Some(body), Some(key))?;
-        if !(200..300).contains(&status) {
-            bail!("POST {url}: {status} {reply}");
-        }
-        Ok(reply)
-    }
-}
-
-struct Store {
-    id: &'static str,
-    name: &'static str,
-    url: String,
-    cashier: String,
-    manager: String,
-    process: Process,
-    args: Vec<String>,
+/// One store of the demo chain.
+#[derive(Clone)]
+pub struct Store {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// `IP:PORT` of its HTTP API.
+    pub http: String,
+    pub cashier: String,
+    pub manager: String,
+    data: PathBuf,
     log: PathBuf,
 }
 
-struct Cluster {
-    dir: PathBuf,
-    hub_url: String,
-    hub_token: String,
-    hub: Process,
-    hub_args: Vec<String>,
+impl Store {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+/// The hub and the stores, their addresses and tokens.
+pub struct Cluster {
+    pub dir: PathBuf,
+    hub_dir: PathBuf,
+    hub_quic: String,
+    /// `IP:PORT` of HQ's HTTP API.
+    pub hub_http: String,
+    pub hub_token: String,
     hub_log: PathBuf,
-    stores: Vec<Store>,
+    pub stores: Vec<Store>,
     bins: Binaries,
 }
 
-fn setup(bins: Binaries, dir: &Path) -> Result<Cluster> {
+impl Cluster {
+    pub fn hub_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.hub_http)
+    }
+
+    /// Start `hq-hub serve` (again) with the same data directory and ports.
+    pub fn start_hub(&mut self) -> Result<()> {
+        let args = [
+            "serve",
+            "--data-dir",
+            &self.hub_dir.display().to_string(),
+            "--quic-listen",
+            &self.hub_quic,
+            "--http-listen",
+            &self.hub_http,
+        ]
+        .map(String::from);
+        let found = procs::start(
+            "hq-hub",
+            &self.bins.hub,
+            &args,
+            &self.hub_log,
+            &["quic listening on", "http listening on"],
+            start_timeout,
+        )?;
+        if let Some(http) = found.get(1) {
+            self.hub_http = http.clone();
+        }
+        Ok(())
+    }
+
+    fn start_store(&mut self, index: usize) -> Result<()> {
+        let store = self.stores.get_mut(index).context("no such store")?;
+        let mut listen = store.http.clone();
+        for attempt in 0..2 {
+            let args = [
+                "serve",
+                "--data-dir",
+                &store.data.display().to_string(),
+                "--listen",
+                &listen,
+            ]
+            .map(String::from);
+            match procs::start(
+                &store.id,
+                &self.bins.store,
+                &args,
+                &store.log,
+                &["listening on"],
+                start_timeout,
+            ) {
+                Ok(found) => {
+                    store.http = found.first().cloned().unwrap_or(listen);
+                    return Ok(());
+                }
+                // Perhaps someone took the port meanwhile: once more on any free port.
+                Err(error) if attempt == 0 && !procs::is_interrupted() => {
+                    eprintln!(
+                        "  {} did not start on {listen} ({error:#}); trying another port",
+                        store.id
+                    );
+                    procs::stop_server(&store.id);
+                    listen = "127.0.0.1:0".into();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        bail!("{} did not start", store.id)
+    }
+
+    fn start_all(&mut self) -> Result<()> {
+        self.start_hub()?;
+        println!(
+            "  ✓ HQ hub 总部: http://{} (stores sync with it over QUIC, {}/udp)",
+            self.hub_http, self.hub_quic
+        );
+        for index in 0..self.stores.len() {
+            self.start_store(index)?;
+            let store = &self.stores[index];
+            println!("  ✓ {} {}: http://{}", store.id, store.name, store.http);
+        }
+        Ok(())
+    }
+
+    /// Write `demo.json` (to start again with --reuse) and `demo.env` (to `source` in a shell).
+    fn save(&self) -> Result<()> {
+        let state = json!({
+            "hub": {"quic": self.hub_quic, "http": self.hub_http, "token": self.hub_token},
+            "stores": self.stores.iter().map(|s| json!({
+                "id": s.id, "name": s.name, "region": s.region, "http": s.http,
+                "cashier": s.cashier, "manager": s.manager,
+            })).collect::<Vec<_>>(),
+        });
+        write_private(
+            &self.dir.join(state_file),
+            &serde_json::to_string_pretty(&state)?,
+        )?;
+        let mut env = format!(
+            "# source this file: the chainsync demo's addresses and API tokens\nexport HQ=http://{}\nexport HQ_TOKEN={}\n",
+            self.hub_http, self.hub_token
+        );
+        for store in &self.stores {
+            let id = store.id.to_uppercase();
+            env.push_str(&format!(
+                "export {id}=http://{}\nexport {id}_CASHIER={}\nexport {id}_MANAGER={}\n",
+                store.http, store.cashier, store.manager
+            ));
+        }
+        write_private(&self.dir.join("demo.env"), &env)
+    }
+}
+
+/// Write a file only its owner may read (it holds API tokens).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// A TCP port on 127.0.0.1: `preferred` if free, else any free one. The listener is returned
+/// so that the ports picked together are distinct; drop it before starting the server.
+fn pick_port(preferred: u16) -> Result<(u16, std::net::TcpListener)> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", preferred))
+        .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))?;
+    Ok((listener.local_addr()?.port(), listener))
+}
+
+/// Port of an `IP:PORT` string, or 0.
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A new hub and three enrolled stores in `dir` (not started).
+fn set_up(bins: Binaries, dir: &Path) -> Result<Cluster> {
     let hub_dir = dir.join("hub");
     let hub_dir_text = hub_dir.display().to_string();
-    let quic = format!("127.0.0.1:{}", free_udp_port()?);
-    // A fixed port, so that the hub comes back at the same address after a restart.
-    let http = format!(
+    for (id, ..) in stores {
+        if dir.join(id).exists() || hub_dir.exists() {
+            bail!(
+                "{} already has a hub/ or {id}/ directory but no {state_file}; give a new or empty directory",
+                dir.display()
+            );
+        }
+    }
+    let quic = format!(
         "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")?
+        std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
             .port()
     );
-    run(
+    let (hub_port, hub_listener) = pick_port(hub_http_port)?;
+    let mut store_ports = Vec::new();
+    let mut held = vec![hub_listener];
+    for preferred in store_http_ports {
+        let (port, listener) = pick_port(preferred)?;
+        store_ports.push(port);
+        held.push(listener);
+    }
+    drop(held);
+    let http = format!("127.0.0.1:{hub_port}");
+    procs::run(
         &bins.hub,
         &[
             "init",
@@ -297,7 +332,7 @@ fn setup(bins: Binaries, dir: &Path) -> Result<Cluster> {
             &http,
         ],
     )?;
-    let hub_token = run(
+    let hub_token = procs::run(
         &bins.hub,
         &[
             "user",
@@ -310,21 +345,13 @@ fn setup(bins: Binaries, dir: &Path) -> Result<Cluster> {
             "hq-ops",
         ],
     )?;
-    let hub_args: Vec<String> = vec!["serve".into(), "--data-dir".into(), hub_dir_text.clone()];
-    let hub_log = dir.join("hub.log");
-    let hub_arg_refs: Vec<&str> = hub_args.iter().map(String::as_str).collect();
-    let (hub, addresses) = start(
-        "hq-hub",
-        &bins.hub,
-        &hub_arg_refs,
-        &hub_log,
-        &["quic listening on", "http listening on"],
-    )?;
-    let hub_url = format!("http://{}", addresses.get(1).context("hub http address")?);
+    println!("  ✓ HQ hub initialized (certificate authority, HQ user 总部运营 hq-ops)");
+    let bundles = dir.join("bundles");
+    std::fs::create_dir_all(&bundles)?;
     let mut list = Vec::new();
-    for (id, name, region) in stores {
-        let bundle = dir.join(format!("{id}.bundle")).display().to_string();
-        run(
+    for ((id, name, region, cashier, manager), port) in stores.into_iter().zip(store_ports) {
+        let bundle = bundles.join(format!("{id}.bundle")).display().to_string();
+        procs::run(
             &bins.hub,
             &[
                 "enroll",
@@ -340,441 +367,443 @@ fn setup(bins: Binaries, dir: &Path) -> Result<Cluster> {
                 &bundle,
             ],
         )?;
-        let data = dir.join(id).display().to_string();
-        run(
+        let data = dir.join(id);
+        let data_text = data.display().to_string();
+        procs::run(
             &bins.store,
-            &["init", "--data-dir", &data, "--bundle", &bundle],
+            &["init", "--data-dir", &data_text, "--bundle", &bundle],
         )?;
-        let cashier = run(
-            &bins.store,
-            &[
-                "user",
-                "add",
-                "--data-dir",
-                &data,
-                "--name",
-                "收银员",
-                "--role",
-                "cashier",
-            ],
-        )?;
-        let manager = run(
-            &bins.store,
-            &[
-                "user",
-                "add",
-                "--data-dir",
-                &data,
-                "--name",
-                "店长",
-                "--role",
-                "manager",
-            ],
-        )?;
-        let args: Vec<String> = vec![
-            "serve".into(),
-            "--data-dir".into(),
-            data,
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        let log = dir.join(format!("{id}.log"));
-        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (process, addresses) = start(id, &bins.store, &arg_refs, &log, &["listening on"])?;
-        let url = format!("http://{}", addresses.first().context("store address")?);
+        let token = |user: &str, role: &str| {
+            procs::run(
+                &bins.store,
+                &[
+                    "user",
+                    "add",
+                    "--data-dir",
+                    &data_text,
+                    "--name",
+                    user,
+                    "--role",
+                    role,
+                ],
+            )
+        };
+        let cashier_token = token(cashier, "cashier")?;
+        let manager_token = token(manager, "manager")?;
+        println!(
+            "  ✓ store {id} {name} ({region}) enrolled; users {cashier} (cashier), {manager} (manager)"
+        );
         list.push(Store {
-            id,
-            name,
-            url,
-            cashier,
-            manager,
-            process,
-            args,
-            log,
+            id: id.into(),
+            name: name.into(),
+            region: region.into(),
+            http: format!("127.0.0.1:{port}"),
+            cashier: cashier_token,
+            manager: manager_token,
+            data,
+            log: dir.join(format!("{id}.log")),
         });
     }
     Ok(Cluster {
         dir: dir.to_path_buf(),
-        hub_url,
+        hub_dir,
+        hub_quic: quic,
+        hub_http: http,
         hub_token,
-        hub,
-        hub_args,
-        hub_log,
+        hub_log: dir.join("hub.log"),
         stores: list,
         bins,
     })
 }
 
-const surnames: [&str; 20] = [
-    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
-    "何", "林", "高", "罗",
-];
-const given: [&str; 20] = [
-    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明",
-    "超", "秀英", "华", "鑫",
-];
-const goods: [(&str, i64); 12] = [
-    ("咖啡", 1500),
-    ("拿铁", 2200),
-    ("面包", 800),
-    ("牛奶", 650),
-    ("酸奶", 900),
-    ("蛋糕", 2800),
-    ("三明治", 1800),
-    ("果汁", 1200),
-    ("矿泉水", 300),
-    ("饼干", 950),
-    ("巧克力", 1600),
-    ("茶饮", 1400),
-];
-const sizes: [&str; 10] = [
-    "小杯",
-    "中杯",
-    "大杯",
-    "原味",
-    "低糖",
-    "家庭装",
-    "经典",
-    "限定",
-    "双份",
-    "迷你",
-];
-
-fn load(cluster: &Cluster, members: usize, products: usize) -> Result<Vec<(String, usize)>> {
-    let http = Http::new();
-    let first = cluster.stores.first().context("no store")?;
-    print!("loading {products} products");
-    for n in 0..products {
-        let (good, price) = goods[n % goods.len()];
-        let name = format!("{}{}", sizes[(n / goods.len()) % sizes.len()], good);
-        let sku = format!("SKU{:04}", n + 1);
-        let body = json!({"sku": sku, "name": name, "price_fen": price + (n as i64 % 7) * 100});
-        http.post(
-            &format!("{}/api/v1/products", first.url),
-            &first.manager,
-            &body,
-            &format!("demo-product-{n}"),
-        )?;
+/// The demo saved in `dir` by an earlier run (not started).
+fn reopen(bins: Binaries, dir: &Path) -> Result<Cluster> {
+    let path = dir.join(state_file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let state: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let text_of = |value: &Value, what: &str| -> Result<String> {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {what}", path.display()))
+    };
+    let hub_quic = text_of(&state["hub"]["quic"], "hub.quic")?;
+    if std::net::UdpSocket::bind(&hub_quic).is_err() {
+        bail!("the hub's QUIC address {hub_quic}/udp is taken (is the demo already running?)");
     }
-    println!(" ✓");
-    // The catalog reaches the other stores through sync before they sell from it.
-    wait_converged(cluster, &http)?;
-    print!("loading {members} members with recharges and checkouts");
-    let started = Instant::now();
-    let mut threads = Vec::new();
-    let workers = 6;
-    for worker in 0..workers {
-        let targets: Vec<(String, String, usize)> = cluster
-            .stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.url.clone(), s.cashier.clone(), i))
-            .collect();
-        threads.push(std::thread::spawn(move || -> Result<Vec<(String, usize)>> {
-            let http = Http::new();
-            let mut made = Vec::new();
-            for n in (worker..members).step_by(workers) {
-                let (url, token, index) = &targets[n % targets.len()];
-                let name = format!("{}{}", surnames[n % 20], given[(n / 20) % 20]);
-                let phone = format!("139{:08}", 10_000_000 + n);
-                let mut body = json!({"name": name, "phone": phone, "tags": if n % 5 == 0 { vec!["vip"] } else { vec![] }});
-                if n % 3 == 0 {
-                    body["birthday"] = json!(format!("19{:02}-{:02}-{:02}", 60 + n % 40, 1 + n % 12, 1 + n % 28));
-                }
-                let member = http.post(&format!("{url}/api/v1/members"), token, &body, &format!("demo-member-{n}"))?;
-                let id = member["id"].as_str().context("member id")?.to_owned();
-                if n % 4 == 0 {
-                    let amount = [20_000, 50_000, 100_000][n % 3];
-                    http.post(&format!("{url}/api/v1/members/{id}/recharges"), token, &json!({"amount_fen": amount}), &format!("demo-recharge-{n}"))?;
-                }
-                if n % 2 == 0 {
-                    let k = n % 12;
-                    let sku = format!("SKU{:04}", 1 + k);
-                    let price = goods[k].1 + (k as i64 % 7) * 100;
-                    let body = json!({"member_id": id, "lines": [{"sku": sku, "qty": 1}], "payments": [{"method": "cash", "amount_fen": price}]});
-                    http.post(&format!("{url}/api/v1/checkouts"), token, &body, &format!("demo-checkout-{n}"))?;
-                }
-                made.push((id, *index));
-            }
-            Ok(made)
-        }));
+    let mut held = Vec::new();
+    let (hub_port, listener) = pick_port(port_of(&text_of(&state["hub"]["http"], "hub.http")?))?;
+    held.push(listener);
+    let mut list = Vec::new();
+    for (index, saved) in state["stores"].as_array().into_iter().flatten().enumerate() {
+        let id = text_of(&saved["id"], "store id")?;
+        let preferred = port_of(&text_of(&saved["http"], "store http")?);
+        let (port, listener) = pick_port(preferred)
+            .or_else(|_| pick_port(store_http_ports.get(index).copied().unwrap_or(0)))?;
+        held.push(listener);
+        list.push(Store {
+            name: text_of(&saved["name"], "store name")?,
+            region: text_of(&saved["region"], "store region")?,
+            http: format!("127.0.0.1:{port}"),
+            cashier: text_of(&saved["cashier"], "cashier token")?,
+            manager: text_of(&saved["manager"], "manager token")?,
+            data: dir.join(&id),
+            log: dir.join(format!("{id}.log")),
+            id,
+        });
     }
-    let mut all = Vec::new();
-    for thread in threads {
-        all.extend(
-            thread
-                .join()
-                .map_err(|_| anyhow!("loader thread panicked"))??,
-        );
+    drop(held);
+    if list.len() != stores.len() {
+        bail!("{} does not list {} stores", path.display(), stores.len());
     }
-    println!(" ✓ ({:.1} s)", started.elapsed().as_secs_f64());
-    Ok(all)
+    Ok(Cluster {
+        dir: dir.to_path_buf(),
+        hub_dir: dir.join("hub"),
+        hub_quic,
+        hub_http: format!("127.0.0.1:{hub_port}"),
+        hub_token: text_of(&state["hub"]["token"], "hub token")?,
+        hub_log: dir.join("hub.log"),
+        stores: list,
+        bins,
+    })
 }
 
-fn digests(cluster: &Cluster, http: &Http) -> Vec<(String, Option<String>)> {
+/// Each replica's digest: HQ first, then the stores (None if it did not answer).
+pub fn digests(cluster: &Cluster, api: &Api) -> Digests {
+    let digest = |url: String, token: &str| {
+        api.get(&url, token)
+            .ok()
+            .and_then(|d| d["digest"].as_str().map(str::to_owned))
+    };
     let mut list = vec![(
         "hq".to_owned(),
-        http.get(
-            &format!("{}/api/v1/sync/digest", cluster.hub_url),
-            &cluster.hub_token,
-        )
-        .ok()
-        .and_then(|d| d["digest"].as_str().map(str::to_owned)),
+        digest(cluster.hub_url("/api/v1/sync/digest"), &cluster.hub_token),
     )];
     for store in &cluster.stores {
         list.push((
-            store.id.to_owned(),
-            http.get(&format!("{}/api/v1/sync/digest", store.url), &store.cashier)
-                .ok()
-                .and_then(|d| d["digest"].as_str().map(str::to_owned)),
+            store.id.clone(),
+            digest(store.url("/api/v1/sync/digest"), &store.cashier),
         ));
     }
     list
 }
 
-fn wait_converged(cluster: &Cluster, http: &Http) -> Result<Vec<(String, Option<String>)>> {
+pub fn all_equal(list: &Digests) -> bool {
+    let first = list.first().and_then(|(_, d)| d.as_ref());
+    first.is_some() && list.iter().all(|(_, d)| d.as_ref() == first)
+}
+
+/// Poll the digests until all four are equal, or `timeout`. With `progress`, print where each
+/// replica stands every few seconds. Returns whether they agreed, the last digests and the time.
+pub fn wait_converged(
+    cluster: &Cluster,
+    api: &Api,
+    timeout: Duration,
+    progress: bool,
+) -> Result<(bool, Digests, Duration)> {
     let started = Instant::now();
+    let mut next_report = Duration::from_secs(3);
     loop {
-        let list = digests(cluster, http);
-        let first = list.first().and_then(|(_, d)| d.clone());
-        if first.is_some() && list.iter().all(|(_, d)| *d == first) {
-            println!(
-                "all replicas agree ({:.1} s)",
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(list);
+        let list = digests(cluster, api);
+        let elapsed = started.elapsed();
+        if all_equal(&list) {
+            return Ok((true, list, elapsed));
         }
-        if started.elapsed() > converge_timeout {
-            return Ok(list);
+        if elapsed >= timeout {
+            return Ok((false, list, elapsed));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        if progress && elapsed >= next_report {
+            next_report += Duration::from_secs(5);
+            let mut line = format!("    … {:>4.1} s:", elapsed.as_secs_f64());
+            for (node, digest) in &list {
+                line.push_str(&format!(
+                    " {node} {}",
+                    digest
+                        .as_deref()
+                        .map_or("(down)", |d| d.get(..8).unwrap_or(d))
+                ));
+            }
+            let links: Vec<String> = cluster
+                .stores
+                .iter()
+                .filter_map(|s| {
+                    let status = api.get(&s.url("/api/v1/sync/status"), &s.cashier).ok()?;
+                    Some(format!(
+                        "{} {} (waiting {})",
+                        s.id,
+                        status["link"].as_str().unwrap_or("?"),
+                        status["waiting"]
+                    ))
+                })
+                .collect();
+            println!("{line} · {}", links.join(", "));
+        }
+        procs::sleep(Duration::from_millis(250))?;
     }
 }
 
-fn print_access(cluster: &Cluster) {
-    println!();
-    println!("chainsync demo is running — 演示已启动");
-    println!("  data directory: {}", cluster.dir.display());
-    println!(
-        "  HQ hub API:     {}   token (hq-ops): {}",
-        cluster.hub_url, cluster.hub_token
-    );
-    for store in &cluster.stores {
-        println!("  store {} {}: {}", store.id, store.name, store.url);
-        println!("      cashier token: {}", store.cashier);
-        println!("      manager token: {}", store.manager);
-    }
-    if let Some(store) = cluster.stores.first() {
-        println!();
-        println!("  try:");
-        println!(
-            "    curl -H 'Authorization: Bearer {}' '{}/api/v1/members?q=王'",
-            store.cashier, store.url
-        );
-        println!(
-            "    curl -H 'Authorization: Bearer {}' {}/api/v1/stores",
-            cluster.hub_token, cluster.hub_url
-        );
-        println!("    curl {}/openapi.json", store.url);
-    }
-    println!();
-}
-
-fn show_digests(list: &[(String, Option<String>)]) -> bool {
-    let first = list.first().and_then(|(_, d)| d.clone());
+/// Print the digests, one per line; return whether all are equal.
+pub fn show_digests(list: &Digests) -> bool {
     for (node, digest) in list {
         println!(
-            "  {node:>3}: {}",
-            digest.as_deref().unwrap_or("(unreachable)")
+            "    {node:>3}  {}",
+            digest.as_deref().unwrap_or("(did not answer)")
         );
     }
-    let equal = first.is_some() && list.iter().all(|(_, d)| *d == first);
+    let equal = all_equal(list);
     println!(
-        "  converged: {}",
+        "    {}",
         if equal {
-            "yes — 所有副本一致"
+            "✓ all four replicas are identical — 四个副本完全一致"
         } else {
-            "NO"
+            "✗ the replicas differ — 副本不一致"
         }
     );
     equal
 }
 
-fn scenario(cluster: &mut Cluster, members: &[(String, usize)]) -> Result<bool> {
-    let http = Http::new();
-    println!("\n== a day at the chain (scripted) ==");
-    let _ = members;
-    let s1 = &cluster.stores[0];
-    let created = http.post(
-        &format!("{}/api/v1/members", s1.url),
-        &s1.cashier,
-        &json!({"name": "钱多多", "phone": "13600002222"}),
-        "scenario-member",
-    )?;
-    let member = created["id"].as_str().context("member id")?.to_owned();
-    http.post(
-        &format!("{}/api/v1/members/{member}/recharges", s1.url),
-        &s1.cashier,
-        &json!({"amount_fen": 30_000}),
-        "scenario-recharge",
-    )?;
-    wait_converged(cluster, &http)?;
-    println!(
-        "morning: member 钱多多 recharges ¥300.00 at {}; every store sees the balance",
-        s1.id
-    );
-
-    println!("noon: HQ link fails (hub stopped); the stores keep selling");
-    cluster.hub.stop();
-    // SKU0001 costs ¥15.00.
-    let pay = |store: &Store,
-               key: &str,
-               member: Option<&str>,
-               method: &str,
-               qty: i64|
-     -> Result<Value> {
-        let mut body = json!({"lines": [{"sku": "SKU0001", "qty": qty}], "payments": [{"method": method, "amount_fen": 1500 * qty}]});
-        if let Some(member) = member {
-            body["member_id"] = json!(member);
-        }
-        http.post(
-            &format!("{}/api/v1/checkouts", store.url),
-            &store.cashier,
-            &body,
-            key,
-        )
+/// What one replica holds, from `store-node status` (members, checkouts, operations).
+fn replica_counts(cluster: &Cluster) -> Option<String> {
+    let store = cluster.stores.first()?;
+    let status = procs::run(
+        &cluster.bins.store,
+        &["status", "--data-dir", &store.data.display().to_string()],
+    )
+    .ok()?;
+    let figure = |label: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(label))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned()
     };
-    for (i, store) in cluster.stores.iter().enumerate() {
-        for n in 0..5 {
-            pay(store, &format!("scenario-cash-{i}-{n}"), None, "cash", 2)?;
-        }
-    }
-    pay(
-        &cluster.stores[0],
-        "scenario-sv-0",
-        Some(&member),
-        "stored_value",
-        13,
-    )?;
-    pay(
-        &cluster.stores[1],
-        "scenario-sv-1",
-        Some(&member),
-        "stored_value",
-        13,
-    )?;
-    println!(
-        "  钱多多 spends ¥195.00 of stored value at {} and again at {} while apart (each within the offline allowance)",
-        cluster.stores[0].id, cluster.stores[1].id
-    );
-    let phone = "13700001234";
-    for store in cluster.stores.iter().take(2) {
-        http.post(
-            &format!("{}/api/v1/members", store.url),
-            &store.cashier,
-            &json!({"name": "赵新客", "phone": phone}),
-            &format!("scenario-dup-{}", store.id),
-        )?;
-    }
-    println!("  a new customer registered with phone {phone} at two stores");
-    for store in &cluster.stores {
-        let status = http.get(&format!("{}/api/v1/sync/status", store.url), &store.cashier)?;
-        println!(
-            "  {} link: {}, operations waiting to go out: {}",
-            store.id, status["link"], status["waiting"]
-        );
-    }
-
-    println!("evening: HQ link back");
-    let hub_args: Vec<&str> = cluster.hub_args.iter().map(String::as_str).collect();
-    let (hub, _) = start(
-        "hq-hub",
-        &cluster.bins.hub,
-        &hub_args,
-        &cluster.hub_log,
-        &["quic listening on", "http listening on"],
-    )?;
-    cluster.hub = hub;
-    let list = wait_converged(cluster, &http)?;
-    let found = http.get(
-        &format!("{}/api/v1/members?phone={phone}", cluster.hub_url),
-        &cluster.hub_token,
-    )?;
-    let merged = found["members"].as_array().map(Vec::len).unwrap_or(0);
-    println!(
-        "  phone {phone}: {merged} member at HQ (merged_from: {})",
-        found["members"][0]["merged_from"]
-    );
-    let after = http.get(
-        &format!("{}/api/v1/members/{member}", cluster.hub_url),
-        &cluster.hub_token,
-    )?;
-    println!(
-        "  钱多多's balance at HQ: {} 分 (both sales kept; the true figure)",
-        after["balance_fen"]
-    );
-    let exceptions = http.get(
-        &format!("{}/api/v1/exceptions", cluster.hub_url),
-        &cluster.hub_token,
-    )?;
-    for exception in exceptions["exceptions"].as_array().into_iter().flatten() {
-        println!(
-            "  HQ exception #{}: {} of {} 分, stores {}",
-            exception["id"], exception["kind"], exception["amount"], exception["stores"]
-        );
-    }
-    println!("\ndigests at the end of the day:");
-    Ok(show_digests(&list))
+    Some(format!(
+        "{} members, {} checkouts, {} ledger entries, {} operations",
+        figure("members:"),
+        figure("checkouts:"),
+        figure("ledger entries:"),
+        figure("operations held:")
+    ))
 }
 
-fn main() -> Result<()> {
-    let options = options()?;
-    let bins = build()?;
-    let temp;
-    let dir = match &options.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            if std::fs::read_dir(dir)?.next().is_some() {
-                bail!(
-                    "{} is not empty: give an empty or new directory",
-                    dir.display()
-                );
+fn print_access(cluster: &Cluster, temporary: bool) {
+    let rule = "═".repeat(78);
+    println!("\n{rule}");
+    println!(" chainsync demo is running — 演示已就绪");
+    println!("{rule}");
+    println!(" Data directory 数据目录: {}", cluster.dir.display());
+    if temporary {
+        println!("     (temporary: removed when the demo stops; use --dir DIR to keep it)");
+    }
+    println!("     logs: hub.log, s1.log, s2.log, s3.log · addresses and tokens: demo.env");
+    println!();
+    println!(" HQ hub API 总部接口   http://{}", cluster.hub_http);
+    println!("     token (总部运营, hq-ops): {}", cluster.hub_token);
+    println!();
+    println!(" Store cashier APIs 门店收银接口");
+    for store in &cluster.stores {
+        println!(
+            "   {} {} ({})   http://{}",
+            store.id, store.name, store.region, store.http
+        );
+        println!("     cashier token 收银员: {}", store.cashier);
+        println!("     manager token 店长:   {}", store.manager);
+    }
+    let (Some(s1), Some(s2), Some(s3)) = (
+        cluster.stores.first(),
+        cluster.stores.get(1),
+        cluster.stores.get(2),
+    ) else {
+        return;
+    };
+    let latte = data::product("拿铁 中杯").map_or("6921001000020", |p| p.sku);
+    println!();
+    println!(
+        " Try it 试一试 (or `source {}/demo.env` and use $S1_CASHIER…):",
+        cluster.dir.display()
+    );
+    println!("   # find members whose name starts with 王, at s1");
+    println!(
+        "   curl -G -H 'Authorization: Bearer {}' --data-urlencode 'q=王' --data 'limit=3' http://{}/api/v1/members",
+        s1.cashier, s1.http
+    );
+    println!("   # register a member at s2 (the Idempotency-Key makes a retry safe)");
+    println!(
+        "   curl -H 'Authorization: Bearer {}' -H 'Idempotency-Key: try-1' -d '{{\"name\":\"张三\",\"phone\":\"17012345678\"}}' http://{}/api/v1/members",
+        s2.cashier, s2.http
+    );
+    println!("   # ring up two lattes at s3, paid in cash (¥36.00 = 3600 分)");
+    println!(
+        "   curl -H 'Authorization: Bearer {}' -H 'Idempotency-Key: try-2' -d '{{\"lines\":[{{\"sku\":\"{latte}\",\"qty\":2}}],\"payments\":[{{\"method\":\"cash\",\"amount_fen\":3600}}]}}' http://{}/api/v1/checkouts",
+        s3.cashier, s3.http
+    );
+    println!("   # the same member seen from HQ (any store's member is visible everywhere)");
+    println!(
+        "   curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/members?phone=17012345678'",
+        cluster.hub_token, cluster.hub_http
+    );
+    println!("   # the stores' links and sync lag, from HQ; one store's own view");
+    println!(
+        "   curl -H 'Authorization: Bearer {}' http://{}/api/v1/stores",
+        cluster.hub_token, cluster.hub_http
+    );
+    println!(
+        "   curl -H 'Authorization: Bearer {}' http://{}/api/v1/sync/status",
+        s1.cashier, s1.http
+    );
+    println!("   # the API description");
+    println!("   curl http://{}/openapi.json", s1.http);
+    println!();
+    println!(" Ctrl-C to stop — 按 Ctrl-C 停止");
+    println!("{rule}");
+}
+
+/// Wait for Ctrl-C (or SIGTERM/SIGHUP); report a server that stops by itself meanwhile.
+fn wait_for_stop(signals: &std::sync::mpsc::Receiver<&'static str>) {
+    loop {
+        match signals.recv_timeout(Duration::from_secs(1)) {
+            Ok(name) => {
+                println!("\n{name}: stopping the hub and the stores… 正在停止");
+                return;
             }
-            dir.clone()
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                for (name, status, log) in procs::exited_servers() {
+                    eprintln!(
+                        "warning: {name} stopped by itself ({status}); see {}",
+                        log.display()
+                    );
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("chainsync-demo-")
-                .tempdir()?;
-            temp.path().to_path_buf()
+    }
+}
+
+/// The working directory: a temporary one, or `--dir` (new or empty unless `--reuse`).
+/// Returns the path, the temporary directory to clean up, and whether an earlier demo is there.
+fn working_dir(options: &Options) -> Result<(PathBuf, Option<tempfile::TempDir>, bool)> {
+    let Some(dir) = &options.dir else {
+        let temp = tempfile::Builder::new()
+            .prefix("chainsync-demo-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        return Ok((temp.path().to_path_buf(), Some(temp), false));
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let empty = std::fs::read_dir(&dir)?.next().is_none();
+    if !empty && !options.reuse {
+        bail!(
+            "{} is not empty: give a new or empty directory, or add --reuse{}",
+            dir.display(),
+            if dir.join(state_file).is_file() {
+                " to start the demo kept there again"
+            } else {
+                ""
+            }
+        );
+    }
+    let earlier = dir.join(state_file).is_file();
+    Ok((dir, None, earlier))
+}
+
+fn run(options: &Options, signals: &std::sync::mpsc::Receiver<&'static str>) -> Result<bool> {
+    println!("chainsync demo — 连锁门店会员系统演示\n");
+    let (dir, mut temp, earlier) = working_dir(options)?;
+    // Declared after `temp`, so dropped before it: the servers stop, then the directory goes.
+    let _servers = procs::ServersGuard;
+    println!("① Build 构建");
+    let bins = procs::build(options.skip_build)?;
+    let mut cluster = if earlier {
+        println!("\n② Reuse 复用 the demo kept in {}", dir.display());
+        reopen(bins, &dir)?
+    } else {
+        println!(
+            "\n② Set up 初始化: HQ hub and 3 stores in {}",
+            dir.display()
+        );
+        let cluster = set_up(bins, &dir)?;
+        cluster.save()?;
+        cluster
+    };
+    println!("\n③ Start 启动");
+    cluster.start_all()?;
+    cluster.save()?;
+    let api = Api::new();
+    if earlier {
+        println!("\n④ Sample data 样例数据: kept from the earlier run");
+    } else {
+        println!("\n④ Load sample data 导入样例数据 (through the HTTP APIs)");
+        load::load(&cluster, &api, options.members, options.products)?;
+    }
+    println!("\n⑤ Sync 同步: waiting until HQ and the three stores hold the same data…");
+    let (converged, list, took) = wait_converged(&cluster, &api, converge_timeout, true)?;
+    if !converged {
+        show_digests(&list);
+        bail!(
+            "the replicas did not agree within {} s; see the logs in {}",
+            converge_timeout.as_secs(),
+            dir.display()
+        );
+    }
+    println!("  ✓ all four replicas agree ({:.1} s)", took.as_secs_f64());
+    if let Some(counts) = replica_counts(&cluster) {
+        println!("  each replica holds {counts}");
+    }
+    if options.scenario {
+        let passed = scenario::run(&mut cluster, &api)?;
+        if !passed {
+            // Keep the evidence.
+            if let Some(temp) = temp.as_mut() {
+                temp.disable_cleanup(true);
+            }
+            println!("\nlogs and data kept in {}", dir.display());
+        }
+        println!("\nstopping the hub and the stores…");
+        return Ok(passed);
+    }
+    print_access(&cluster, temp.is_some());
+    wait_for_stop(signals);
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(Some(options)) => options,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("demo: {error:#}");
+            return ExitCode::from(2);
         }
     };
-    let mut cluster = setup(bins, &dir)?;
-    let members = load(&cluster, options.members, options.products)?;
-    let http = Http::new();
-    let list = wait_converged(&cluster, &http)?;
-    if options.scenario {
-        let converged = scenario(&mut cluster, &members)?;
-        drop(cluster);
-        if !converged {
-            bail!("the replicas did not converge");
+    let signals = match procs::watch_signals() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("demo: cannot watch for Ctrl-C: {error:#}");
+            return ExitCode::FAILURE;
         }
-        return Ok(());
+    };
+    let outcome = run(&options, &signals);
+    // Every server is stopped by now (run's guard).
+    match outcome {
+        Ok(true) => {
+            println!("stopped — 已停止");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("demo: the scenario failed (see above)");
+            ExitCode::FAILURE
+        }
+        Err(_) if procs::is_interrupted() => {
+            eprintln!("demo: interrupted; everything it started is stopped");
+            ExitCode::from(130)
+        }
+        Err(error) => {
+            eprintln!("demo failed: {error:#}");
+            ExitCode::FAILURE
+        }
     }
-    show_digests(&list);
-    print_access(&cluster);
-    println!("Ctrl-C to stop — 按 Ctrl-C 停止");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    println!("stopping…");
-    for store in &mut cluster.stores {
-        store.process.stop();
-        let _ = (&store.args, &store.log, &store.process.name);
-    }
-    cluster.hub.stop();
-    Ok(())
 }
