@@ -16,6 +16,7 @@
 //! Set `STORE_NODE_LOG=1` to copy the node's stderr to the test's stderr.
 
 pub mod multi;
+pub mod sim;
 pub mod simulation;
 
 use anyhow::{Context, Result, anyhow, bail};
