@@ -290,6 +290,9 @@ impl SyncClient {
                     Some((mut request, reply)) = authorizations.recv() => {
                         request.request_id = next_request_id;
                         next_request_id += 1;
+                        // Queue our own newest operations first (e.g. the recharge just made):
+                        // the hub handles the stream in order, so it decides with them applied.
+                        tokio::task::block_in_place(|| session.handle_local_write(&mut side))?;
                         // If the session is not ready the reply is dropped: offline rules.
                         if session.request_authorization(request.clone()) {
                             waiting.insert(request.request_id, reply);

@@ -17,7 +17,6 @@
 
 pub mod multi;
 pub mod sim;
-pub mod simulation;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::VecDeque;

@@ -259,3 +259,27 @@ fn a_coupon_used_at_two_stores_while_apart_is_an_exception_and_online_only_ones_
     assert_eq!(checkout(&a, None, 1, "cash", &[&restricted], 700)?.0, 201);
     Ok(())
 }
+
+#[test]
+fn a_recharge_can_be_spent_at_once_while_online() -> Result<()> {
+    let Chain {
+        _dir, hub: _hub, a, ..
+    } = chain()?;
+    let created = a.ok(
+        "/api/v1/members",
+        &json!({"name": "冯十一", "phone": "13900008888"}),
+    )?;
+    let member = created["id"].as_str().context("id")?.to_owned();
+    for round in 0..15 {
+        a.ok(
+            &format!("/api/v1/members/{member}/recharges"),
+            &json!({"amount_fen": 1_000}),
+        )?;
+        let (status, sale) = checkout(&a, Some(&member), 1, "stored_value", &[], 1_000)?;
+        assert_eq!(
+            status, 201,
+            "round {round}: the hub saw the recharge before deciding: {sale}"
+        );
+    }
+    Ok(())
+}
