@@ -14,6 +14,8 @@ fn migrations() -> Migrations<'static> {
         M::up(hub_schema_v1),
         M::up(sqlite::replica_schema_v2),
         M::up(hub_schema_v2),
+        M::up(hub_schema_v3),
+        M::up(crate::reports::index::schema_v1),
     ])
 }
 
@@ -78,7 +80,31 @@ CREATE TABLE exceptions (
 CREATE UNIQUE INDEX exceptions_open ON exceptions (kind, subject) WHERE resolved_ms IS NULL;
 "#;
 
-/// Open the database for writing and bring its schema up to date.
+/// Accounts: a region for regional managers, argon2 password hashes, login sessions, and the
+/// audit log of exports and manual adjustments.
+const hub_schema_v3: &str = r#"
+ALTER TABLE users ADD COLUMN region TEXT;
+ALTER TABLE users ADD COLUMN password_hash TEXT;
+CREATE INDEX users_name ON users (name);
+
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id),
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"#;
+
 /// Open the database for writing and bring its schema up to date.
 pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     chainsync_replica::node::open_writer(path, &migrations())

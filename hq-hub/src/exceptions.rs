@@ -20,6 +20,7 @@ fn kind_of(text: &str) -> Option<EntryKind> {
         "points_redeem" => EntryKind::PointsRedeem,
         "points_adjust" => EntryKind::PointsAdjust,
         "points_reverse" => EntryKind::PointsReverse,
+        "stored_value_adjust" => EntryKind::StoredValueAdjust,
         _ => return None,
     })
 }

@@ -35,7 +35,7 @@ pub struct HubState {
 
 impl Caller {
     /// HQ configuration and exception resolution are for admin and hq-ops.
-    fn require_operator(&self) -> Result<(), ApiError> {
+    pub fn require_operator(&self) -> Result<(), ApiError> {
         if self.role == "admin" || self.role == "hq-ops" {
             Ok(())
         } else {
@@ -316,9 +316,16 @@ pub struct ExceptionList {
     responses((status = 200, body = ExceptionList)), security(("bearer" = [])))]
 async fn list_exceptions(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<ExceptionFilter>, QueryRejection>,
 ) -> Result<Json<ExceptionList>, ApiError> {
+    if caller.user.region_scope().is_some() {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            "the exception queue is chain-wide; regional managers cannot read it",
+        ));
+    }
     let Query(filter) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
     let all = filter.all.unwrap_or(false);
     let exceptions = hub
@@ -400,6 +407,50 @@ async fn resolve_exception(
 pub struct Caller {
     pub name: String,
     pub role: String,
+    pub user: crate::users::User,
+}
+
+impl Caller {
+    /// Regional managers see only members whose home store is in their region.
+    fn may_see_member(&self, member: &MemberView, stores: &[StoreView]) -> bool {
+        match self.user.region_scope() {
+            None => true,
+            Some(region) => member
+                .home_store
+                .as_deref()
+                .is_some_and(|home| stores.iter().any(|s| s.id == home && s.region == region)),
+        }
+    }
+
+    fn show_member(&self, mut member: MemberView) -> MemberView {
+        if !self.user.sees_phones() {
+            member.phone = crate::users::mask_phone(&member.phone);
+        }
+        member
+    }
+}
+
+/// Every enrolled store with its region (for scoping regional managers).
+async fn store_regions(hub: &HubState) -> Result<Vec<StoreView>, ApiError> {
+    hub.reads
+        .run(|conn| {
+            let mut statement = conn.prepare_cached("SELECT store_id, region FROM stores")?;
+            let rows = statement.query_map([], |row| {
+                Ok(StoreView {
+                    id: row.get(0)?,
+                    name: String::new(),
+                    region: row.get(1)?,
+                    online: false,
+                    last_seen: None,
+                    lag: 0,
+                    acked_seq: 0,
+                    relay_acked: 0,
+                    revoked: false,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
 }
 
 impl FromRequestParts<HubState> for Caller {
@@ -419,10 +470,14 @@ impl FromRequestParts<HubState> for Caller {
             .to_owned();
         let found = hub
             .reads
-            .run(move |conn| Ok(crate::users::find_by_token(conn, &token)?))
+            .run(move |conn| Ok(crate::users::find_by_token(conn, &token, now_ms())?))
             .await?;
         found
-            .map(|(name, role)| Caller { name, role })
+            .map(|user| Caller {
+                name: user.name.clone(),
+                role: user.role.clone(),
+                user,
+            })
             .ok_or_else(|| ApiError::new(401, "unauthorized", "unknown token"))
     }
 }
@@ -474,8 +529,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     security(("bearer" = [])))]
 async fn list_stores(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<StoreList>, ApiError> {
+    let region = caller.user.region_scope().map(str::to_owned);
     let online = hub.online.lock().map(|map| map.clone()).unwrap_or_default();
     let stores = hub
         .reads
@@ -490,6 +546,10 @@ async fn list_stores(
             let mut stores = Vec::new();
             while let Some(row) = rows.next()? {
                 let id: String = row.get(0)?;
+                let store_region: String = row.get(2)?;
+                if region.as_ref().is_some_and(|r| *r != store_region) {
+                    continue;
+                }
                 let acked = row.get::<_, i64>(4)?.max(0) as u64;
                 let relay_acked = row.get::<_, i64>(5)?.max(0) as u64;
                 let reported = row.get::<_, i64>(6)?.max(0) as u64;
@@ -515,7 +575,7 @@ async fn list_stores(
     responses((status = 200, body = MemberList)), security(("bearer" = [])))]
 async fn search_members(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<MemberSearch>, QueryRejection>,
 ) -> Result<Json<MemberList>, ApiError> {
     let Query(search) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
@@ -529,6 +589,12 @@ async fn search_members(
         .reads
         .run(move |conn| read::find_members(conn, &member_query, limit, &rules, now_ms()))
         .await?;
+    let stores = store_regions(&hub).await?;
+    let members = members
+        .into_iter()
+        .filter(|m| caller.may_see_member(m, &stores))
+        .map(|m| caller.show_member(m))
+        .collect();
     Ok(Json(MemberList { members }))
 }
 
@@ -541,26 +607,41 @@ fn member_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> 
     responses((status = 200, body = MemberView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn get_member(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<MemberView>, ApiError> {
     let id = member_id(path)?;
+    visible_member(&hub, &caller, id)
+        .await
+        .map(|m| Json(caller.show_member(m)))
+}
+
+/// The member, if it exists and the caller may see it (else `unknown_member`).
+async fn visible_member(hub: &HubState, caller: &Caller, id: Uuid) -> Result<MemberView, ApiError> {
     let rules = hub.rules.clone();
-    hub.reads
+    let member = hub
+        .reads
         .run(move |conn| read::member(conn, id, &rules, now_ms()))
         .await?
-        .map(Json)
-        .ok_or_else(ApiError::unknown_member)
+        .ok_or_else(ApiError::unknown_member)?;
+    if caller.user.region_scope().is_some() {
+        let stores = store_regions(hub).await?;
+        if !caller.may_see_member(&member, &stores) {
+            return Err(ApiError::unknown_member());
+        }
+    }
+    Ok(member)
 }
 
 #[utoipa::path(get, path = "/api/v1/members/{id}/ledger", params(("id" = Uuid, Path)),
     responses((status = 200, body = LedgerView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn member_ledger(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<LedgerView>, ApiError> {
     let id = member_id(path)?;
+    visible_member(&hub, &caller, id).await?;
     hub.reads
         .run(move |conn| read::ledger(conn, id))
         .await
@@ -571,16 +652,26 @@ async fn member_ledger(
     responses((status = 200, body = CheckoutView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 async fn get_checkout(
     State(hub): State<HubState>,
-    _caller: Caller,
+    caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<CheckoutView>, ApiError> {
     let unknown = || ApiError::new(404, "unknown_checkout", "no checkout with this id");
     let id = path.map(|Path(id)| id).map_err(|_| unknown())?;
-    hub.reads
+    let checkout = hub
+        .reads
         .run(move |conn| read::checkout(conn, "hq", id))
         .await?
-        .map(Json)
-        .ok_or_else(unknown)
+        .ok_or_else(unknown)?;
+    if let Some(region) = caller.user.region_scope() {
+        let stores = store_regions(&hub).await?;
+        if !stores
+            .iter()
+            .any(|s| s.id == checkout.store_id && s.region == region)
+        {
+            return Err(unknown());
+        }
+    }
+    Ok(Json(checkout))
 }
 
 #[utoipa::path(get, path = "/api/v1/sync/digest", responses((status = 200, body = DigestView)),
@@ -605,7 +696,10 @@ async fn not_found() -> ApiError {
     info(title = "chainsync hq-hub API", description = "HQ's view of the chain. Money is integer 分."),
     paths(healthz, list_stores, search_members, get_member, member_ledger, get_checkout, digest,
         get_policy, put_policy, create_coupon_template, issue_coupons, list_exceptions,
-        resolve_exception),
+        resolve_exception, crate::reports::http::login, crate::reports::http::me,
+        crate::reports::http::audit_log, crate::reports::http::adjust,
+        crate::reports::http::member_search, crate::reports::http::segments,
+        crate::reports::http::segment_members, crate::reports::http::report),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;
@@ -631,6 +725,7 @@ pub fn router(hub: HubState) -> Router {
             "/api/v1/exceptions/{id}/resolve",
             axum::routing::post(resolve_exception),
         )
+        .merge(crate::reports::http::routes())
         .fallback(not_found)
         .with_state(hub)
 }

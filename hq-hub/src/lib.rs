@@ -8,12 +8,16 @@
 //! - [`storage`]: the hub's side of the sync protocol over SQLite (one writer).
 //! - [`server`]: accepting stores over QUIC, identity and revocation checks, sessions.
 //! - [`http`]: HQ's HTTP API.
-//! - [`users`]: HQ users and API tokens.
+//! - [`users`]: HQ users, roles, passwords, API and session tokens.
+//! - [`audit`]: the audit log of exports and manual adjustments.
+//! - [`reports`]: member search, segments, reports, CSV/xlsx export, the report CLI.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod exceptions;
 pub mod http;
+pub mod reports;
 pub mod server;
 pub mod storage;
 pub mod users;

@@ -1,4 +1,4 @@
-//! `hq-hub`: init, enroll, revoke, user add, serve, status.
+//! `hq-hub`: init, enroll, revoke, user add, serve, status, report.
 
 use anyhow::{Context, bail};
 use chainsync_core::StoreId;
@@ -77,6 +77,9 @@ enum Command {
         #[arg(long, env = "HQ_HUB_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Ask a running hub for a report, segments or a member search (prints a table or
+    /// writes --out FILE.csv / FILE.xlsx).
+    Report(hq_hub::reports::cli::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -90,6 +93,15 @@ enum UserCommand {
         /// admin, hq-ops, regional-manager or auditor
         #[arg(long)]
         role: String,
+        /// The region a regional manager sees (required for regional-manager).
+        #[arg(long)]
+        region: Option<String>,
+        /// A password for login (hashed with argon2).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -116,11 +128,28 @@ fn main() -> anyhow::Result<()> {
                     data_dir,
                     name,
                     role,
+                    region,
+                    password,
+                    password_stdin,
                 },
         } => {
             HubConfig::load(&data_dir)?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                password
+            };
             let conn = db::open_writer(&data_dir.join(config::database_file_name))?;
-            let token = users::add_user(&conn, &name, &role, now_ms())?;
+            let token = users::add_user_with(
+                &conn,
+                &name,
+                &role,
+                region.as_deref(),
+                password.as_deref(),
+                now_ms(),
+            )?;
             eprintln!("API token for {name} ({role}), shown only once:");
             println!("{token}");
             Ok(())
@@ -131,6 +160,7 @@ fn main() -> anyhow::Result<()> {
             http_listen,
         } => serve(&data_dir, quic_listen, http_listen),
         Command::Status { data_dir } => status(&data_dir),
+        Command::Report(args) => hq_hub::reports::cli::run(args),
     }
 }
 

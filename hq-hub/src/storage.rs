@@ -141,11 +141,16 @@ fn ingest_in(
         if envelope.seq != acked + 1 {
             break;
         }
-        project::apply_remote(conn, &hub, envelope).map_err(|e| HubStorageError::Invalid {
-            origin: envelope.origin.to_string(),
-            seq: envelope.seq,
-            reason: e.to_string(),
-        })?;
+        let before = crate::reports::index::before_apply(conn, envelope)?;
+        let new =
+            project::apply_remote(conn, &hub, envelope).map_err(|e| HubStorageError::Invalid {
+                origin: envelope.origin.to_string(),
+                seq: envelope.seq,
+                reason: e.to_string(),
+            })?;
+        if new {
+            crate::reports::index::after_apply(conn, envelope, before)?;
+        }
         conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
             .execute((envelope.origin.as_str(), envelope.seq as i64))?;
         touched.note(envelope);
@@ -240,6 +245,18 @@ pub fn ingest_grouped(
 /// Write an operation authored by HQ itself (origin `hq`): recorded, projected and put in
 /// the relay log in one transaction, like a store's. Returns the new log head.
 pub fn author(conn: &mut Connection, op: OpV1, now_ms: u64) -> Result<u64, HubStorageError> {
+    author_with(conn, now_ms, |_, _| Ok(op), |_, _| Ok(())).map(|(head, _)| head)
+}
+
+/// [`author`], building the operation from its sequence and time (a ledger entry carries
+/// both), and running `also` inside the same transaction after it is applied (e.g. the audit
+/// log). Returns the new log head and the envelope.
+pub fn author_with(
+    conn: &mut Connection,
+    now_ms: u64,
+    build: impl FnOnce(u64, HlcTimestamp) -> Result<OpV1, HubStorageError>,
+    also: impl FnOnce(&Connection, &Envelope) -> Result<(), HubStorageError>,
+) -> Result<(u64, Envelope), HubStorageError> {
     let hub = StoreId::hub();
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (seq, wall_ms, counter): (i64, i64, i64) = transaction
@@ -261,23 +278,31 @@ pub fn author(conn: &mut Connection, op: OpV1, now_ms: u64) -> Result<u64, HubSt
     let hlc = clock
         .now(now_ms)
         .map_err(|e| HubStorageError::Damaged(e.to_string()))?;
+    let own_seq = own_seq.max(1) as u64;
     let envelope = Envelope {
         origin: hub.clone(),
-        seq: own_seq.max(1) as u64,
+        seq: own_seq,
         hlc,
-        op: Op::V1(op),
+        op: Op::V1(build(own_seq, hlc)?),
     };
-    project::apply_remote(&transaction, &hub, &envelope).map_err(|e| HubStorageError::Invalid {
-        origin: hub.to_string(),
-        seq: envelope.seq,
-        reason: e.to_string(),
+    let before = crate::reports::index::before_apply(&transaction, &envelope)?;
+    let new = project::apply_remote(&transaction, &hub, &envelope).map_err(|e| {
+        HubStorageError::Invalid {
+            origin: hub.to_string(),
+            seq: envelope.seq,
+            reason: e.to_string(),
+        }
     })?;
+    if new {
+        crate::reports::index::after_apply(&transaction, &envelope, before)?;
+    }
+    also(&transaction, &envelope)?;
     transaction
         .prepare_cached("INSERT INTO relay_log (origin, seq) VALUES (?1, ?2)")?
         .execute((hub.as_str(), envelope.seq as i64))?;
     let head = log_head(&transaction)?;
     transaction.commit()?;
-    Ok(head)
+    Ok((head, envelope))
 }
 
 impl HubSide for SqliteHubSide {

@@ -40,6 +40,8 @@ pub enum EntryKind {
     PointsRedeem,
     PointsAdjust,
     PointsReverse,
+    /// A manual stored-value correction by HQ (principal account, with a reason).
+    StoredValueAdjust,
 }
 
 impl EntryKind {
@@ -53,6 +55,7 @@ impl EntryKind {
             EntryKind::PointsRedeem => "points_redeem",
             EntryKind::PointsAdjust => "points_adjust",
             EntryKind::PointsReverse => "points_reverse",
+            EntryKind::StoredValueAdjust => "stored_value_adjust",
         }
     }
 }
@@ -103,6 +106,7 @@ impl LedgerEntry {
             RechargeBonus => self.account == Bonus,
             Spend | Refund => stored_value,
             PointsEarn | PointsRedeem | PointsAdjust | PointsReverse => self.account == Points,
+            StoredValueAdjust => self.account == Principal,
         };
         if !account_ok {
             return Err(EntryError::WrongAccount {
@@ -115,7 +119,7 @@ impl LedgerEntry {
                 (self.amount > 0, "positive")
             }
             Spend | PointsRedeem => (self.amount < 0, "negative"),
-            PointsAdjust | PointsReverse => (self.amount != 0, "non-zero"),
+            PointsAdjust | PointsReverse | StoredValueAdjust => (self.amount != 0, "non-zero"),
         };
         if !sign_ok {
             return Err(EntryError::WrongSign {

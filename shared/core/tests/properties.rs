@@ -91,7 +91,7 @@ impl Sign {
     }
 }
 
-const ALL_KINDS: [EntryKind; 8] = [
+const ALL_KINDS: [EntryKind; 9] = [
     EntryKind::RechargePrincipal,
     EntryKind::RechargeBonus,
     EntryKind::Spend,
@@ -100,13 +100,14 @@ const ALL_KINDS: [EntryKind; 8] = [
     EntryKind::PointsRedeem,
     EntryKind::PointsAdjust,
     EntryKind::PointsReverse,
+    EntryKind::StoredValueAdjust,
 ];
 
 const ALL_ACCOUNTS: [Account; 3] = [Account::Principal, Account::Bonus, Account::Points];
 
 /// Every (kind, account, sign) that `LedgerEntry::validate` accepts; checked against
 /// `validate` by `the_valid_shapes_are_exactly_those_validate_accepts`.
-const VALID_SHAPES: [(EntryKind, Account, Sign); 10] = [
+const VALID_SHAPES: [(EntryKind, Account, Sign); 11] = [
     (
         EntryKind::RechargePrincipal,
         Account::Principal,
@@ -121,6 +122,11 @@ const VALID_SHAPES: [(EntryKind, Account, Sign); 10] = [
     (EntryKind::PointsRedeem, Account::Points, Sign::Negative),
     (EntryKind::PointsAdjust, Account::Points, Sign::NonZero),
     (EntryKind::PointsReverse, Account::Points, Sign::NonZero),
+    (
+        EntryKind::StoredValueAdjust,
+        Account::Principal,
+        Sign::NonZero,
+    ),
 ];
 
 /// Fails to compile when a kind is added, so that `ALL_KINDS` and `VALID_SHAPES` get updated.
@@ -133,7 +139,8 @@ fn kind_is_listed(kind: EntryKind) -> bool {
         | EntryKind::PointsEarn
         | EntryKind::PointsRedeem
         | EntryKind::PointsAdjust
-        | EntryKind::PointsReverse => ALL_KINDS.contains(&kind),
+        | EntryKind::PointsReverse
+        | EntryKind::StoredValueAdjust => ALL_KINDS.contains(&kind),
     }
 }
 
