@@ -16,6 +16,7 @@ fn migrations() -> Migrations<'static> {
         M::up(hub_schema_v2),
         M::up(hub_schema_v3),
         M::up(crate::reports::index::schema_v1),
+        M::up(sqlite::replica_schema_v3),
     ])
 }
 

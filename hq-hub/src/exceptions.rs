@@ -5,8 +5,7 @@ use chainsync_core::StoreId;
 use chainsync_core::exceptions::{Finding, coupon_finding, member_findings};
 use chainsync_core::hlc::HlcTimestamp;
 use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
-use chainsync_replica::read;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,30 +83,43 @@ fn upsert(
 ) -> rusqlite::Result<()> {
     let stores: Vec<&str> = finding.stores.iter().map(StoreId::as_str).collect();
     let entries: Vec<String> = finding.entries.iter().map(Uuid::to_string).collect();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO exceptions (kind, subject, member_id, coupon_code, stores, entries, amount,
              created_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
          ON CONFLICT (kind, subject) WHERE resolved_ms IS NULL DO UPDATE SET
              stores = excluded.stores, entries = excluded.entries, amount = excluded.amount,
              updated_ms = excluded.updated_ms",
-        params![
-            finding.kind.as_str(),
-            subject,
-            finding.member_id.map(|id| id.to_string()),
-            finding.coupon_code,
-            serde_json::to_string(&stores).unwrap_or_default(),
-            serde_json::to_string(&entries).unwrap_or_default(),
-            finding.amount,
-            now_ms as i64,
-        ],
-    )?;
+    )?
+    .execute(params![
+        finding.kind.as_str(),
+        subject,
+        finding.member_id.map(|id| id.to_string()),
+        finding.coupon_code,
+        serde_json::to_string(&stores).unwrap_or_default(),
+        serde_json::to_string(&entries).unwrap_or_default(),
+        finding.amount,
+        now_ms as i64,
+    ])?;
     Ok(())
 }
 
 /// Re-check a member (any id of its group) and record what is found.
 pub fn refresh_member(conn: &Connection, member: Uuid, now_ms: u64) -> rusqlite::Result<()> {
-    let Some(canonical) = read::canonical_member(conn, member)? else {
+    // The cached balances are the sums of the group's entries: only a group below zero can
+    // have a finding, and only then are its entries read.
+    let below_zero: Option<String> = conn
+        .prepare_cached(
+            "WITH canonical AS (SELECT COALESCE(merged_into, id) AS id FROM members WHERE id = ?1)
+             SELECT canonical.id FROM canonical, members
+             WHERE members.id = canonical.id OR members.merged_into = canonical.id
+             GROUP BY canonical.id
+             HAVING SUM(members.principal_fen + members.bonus_fen) < 0
+                 OR SUM(members.points) < 0",
+        )?
+        .query_row([member.to_string()], |row| row.get(0))
+        .optional()?;
+    let Some(canonical) = below_zero.and_then(|id| Uuid::parse_str(&id).ok()) else {
         return Ok(());
     };
     let entries = group_entries(conn, canonical)?;

@@ -319,6 +319,7 @@ fn serve(
     let http_listen = http_listen.unwrap_or(hub.http_listen.clone());
     let database = data_dir.join(config::database_file_name);
     let writer = db::open_writer(&database)?;
+    chainsync_replica::node::checkpoint_in_background(&writer, &database)?;
     let head = storage::log_head(&writer)?;
     let server_config = chainsync_net::tls::server_config(
         &read(&data_dir.join(config::ca_cert_file_name))?,

@@ -186,11 +186,11 @@ impl SyncServer {
                 frame = incoming.recv() => match frame {
                     None => break Ok(()),
                     Some(Err(e)) => break Err(SyncError::Protocol(format!("bad frame: {e}"))),
-                    Some(Ok(bytes)) => match Message::decode(&bytes) {
-                        Ok(message) => tokio::task::block_in_place(|| {
-                            session.handle_message(message, &mut side, now_ms())
+                    Some(Ok(bytes)) => match received_together(bytes, &mut incoming) {
+                        Ok(messages) => tokio::task::block_in_place(|| {
+                            session.handle_messages(messages, &mut side, now_ms())
                         }),
-                        Err(e) => Err(SyncError::Protocol(format!("bad message: {e}"))),
+                        Err(e) => Err(e),
                     },
                 },
                 changed = log_grew.changed() => match changed {
@@ -236,6 +236,29 @@ enum Standing {
     Enrolled,
     Revoked,
     Unknown,
+}
+
+/// Most frames handled together (their pushes committed as one).
+pub const frames_together_max: usize = 8;
+
+/// Decode a frame and the frames already waiting behind it (at most [`frames_together_max`]),
+/// so that pushes that arrived together are made durable together.
+fn received_together(
+    first: Vec<u8>,
+    incoming: &mut tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+) -> Result<Vec<Message>, SyncError> {
+    let decode = |bytes: &[u8]| {
+        Message::decode(bytes).map_err(|e| SyncError::Protocol(format!("bad message: {e}")))
+    };
+    let mut messages = vec![decode(&first)?];
+    while messages.len() < frames_together_max {
+        match incoming.try_recv() {
+            Ok(Ok(bytes)) => messages.push(decode(&bytes)?),
+            Ok(Err(e)) => return Err(SyncError::Protocol(format!("bad frame: {e}"))),
+            Err(_) => break,
+        }
+    }
+    Ok(messages)
 }
 
 async fn flush(session: &mut HubSession, send: &mut quinn::SendStream) -> Result<(), SyncError> {

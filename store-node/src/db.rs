@@ -17,6 +17,7 @@ fn migrations() -> Migrations<'static> {
         M::up(store_schema_v1),
         M::up(sqlite::replica_schema_v2),
         M::up(store_schema_v2),
+        M::up(sqlite::replica_schema_v3),
     ])
 }
 

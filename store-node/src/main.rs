@@ -202,6 +202,7 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let listen = listen.unwrap_or_else(|| config.listen.clone());
     let database = config::database_path(&data_dir);
     let conn = db::open_writer(&database)?;
+    chainsync_replica::node::checkpoint_in_background(&conn, &database)?;
     let rules = Rules::default();
     let local = Local::load(&conn, config.store_id.clone(), rules.clone())?;
     let reads = Arc::new(ReadPool::open(&database, 4)?);

@@ -43,7 +43,7 @@ pub const protocol_version_min: u16 = 1;
 /// Most operations in one Push or Relay batch.
 pub const sync_batch_ops_max: usize = 256;
 /// Most unacknowledged batches in flight, each way.
-pub const sync_window_batches_max: usize = 4;
+pub const sync_window_batches_max: usize = 8;
 /// Largest encoded message, in bytes (checked before decoding).
 pub const sync_message_bytes_max: usize = 8 * 1024 * 1024;
 /// Resend from the last acknowledgement if nothing was acknowledged for this long.
@@ -554,6 +554,81 @@ impl HubSession {
         SyncError::RefusedPeer { reason, message }
     }
 
+    /// Handle messages that arrived together, in order. Consecutive `Push` batches are made
+    /// durable with one `ingest` (one commit for all of them, their operations in sequence
+    /// order) and acknowledged once: a `PushAck` is cumulative. The hub then holds at least
+    /// what handling them one by one would have given it.
+    pub fn handle_messages<H: HubSide>(
+        &mut self,
+        messages: Vec<Message>,
+        side: &mut H,
+        now_ms: u64,
+    ) -> Result<(), SyncError> {
+        let mut pushed: Vec<Envelope> = Vec::new();
+        for message in messages {
+            match message {
+                Message::V1(MessageV1::Push { ops }) if self.state == HubSessionState::Ready => {
+                    self.check_push(&ops)?;
+                    pushed.extend(ops);
+                }
+                other => {
+                    if !pushed.is_empty() {
+                        self.ingest_and_ack(&std::mem::take(&mut pushed), side)?;
+                    }
+                    self.handle_message(other, side, now_ms)?;
+                }
+            }
+        }
+        if pushed.is_empty() {
+            return Ok(());
+        }
+        self.ingest_and_ack(&pushed, side)
+    }
+
+    /// Refuse a Push that is too big or holds an operation the store may not send.
+    fn check_push(&mut self, ops: &[Envelope]) -> Result<(), SyncError> {
+        if ops.len() > sync_batch_ops_max {
+            return Err(self.refuse(
+                RefuseReason::ProtocolViolation,
+                format!("a Push holds at most {sync_batch_ops_max} operations"),
+            ));
+        }
+        for envelope in ops {
+            if envelope.origin != self.store_id {
+                return Err(self.refuse(
+                    RefuseReason::ForeignOrigin,
+                    format!(
+                        "store {} sent an operation of store {}",
+                        self.store_id, envelope.origin
+                    ),
+                ));
+            }
+            if let Err(problem) = check_operation(envelope) {
+                return Err(self.refuse(RefuseReason::InvalidOperation, problem));
+            }
+        }
+        Ok(())
+    }
+
+    fn ingest_and_ack<H: HubSide>(
+        &mut self,
+        ops: &[Envelope],
+        side: &mut H,
+    ) -> Result<(), SyncError> {
+        if !ops.is_sorted_by_key(|envelope| envelope.seq) {
+            let mut sorted = ops.to_vec();
+            sorted.sort_by_key(|envelope| envelope.seq);
+            let acked_seq = side.ingest(&self.store_id, &sorted).map_err(storage)?;
+            self.outbox
+                .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
+            return Ok(());
+        }
+        let acked_seq = side.ingest(&self.store_id, ops).map_err(storage)?;
+        self.outbox
+            .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
+        Ok(())
+    }
+
     pub fn handle_message<H: HubSide>(
         &mut self,
         message: Message,
@@ -604,30 +679,8 @@ impl HubSession {
                 self.fill_relay_window(side)
             }
             (HubSessionState::Ready, MessageV1::Push { ops }) => {
-                if ops.len() > sync_batch_ops_max {
-                    return Err(self.refuse(
-                        RefuseReason::ProtocolViolation,
-                        format!("a Push holds at most {sync_batch_ops_max} operations"),
-                    ));
-                }
-                for envelope in &ops {
-                    if envelope.origin != self.store_id {
-                        return Err(self.refuse(
-                            RefuseReason::ForeignOrigin,
-                            format!(
-                                "store {} sent an operation of store {}",
-                                self.store_id, envelope.origin
-                            ),
-                        ));
-                    }
-                    if let Err(problem) = check_operation(envelope) {
-                        return Err(self.refuse(RefuseReason::InvalidOperation, problem));
-                    }
-                }
-                let acked_seq = side.ingest(&self.store_id, &ops).map_err(storage)?;
-                self.outbox
-                    .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
-                Ok(())
+                self.check_push(&ops)?;
+                self.ingest_and_ack(&ops, side)
             }
             (HubSessionState::Ready, MessageV1::Authorize(request)) => {
                 let decision = side

@@ -49,3 +49,29 @@ pub fn open_writer(path: &Path, migrations: &Migrations<'static>) -> anyhow::Res
         .context("schema migration failed")?;
     Ok(conn)
 }
+
+/// How often the background checkpointer copies the write-ahead log into the database.
+pub const checkpoint_interval_ms: u64 = 500;
+
+/// Move WAL checkpoints off the writer: `writer` stops checkpointing on commit, and a thread
+/// with its own connection runs a passive checkpoint every [`checkpoint_interval_ms`] (it
+/// never blocks the writer or readers; what it cannot copy now it copies next time). Durability
+/// is unchanged: a commit is durable once its WAL frames are synced. The thread ends with the
+/// process.
+pub fn checkpoint_in_background(writer: &Connection, path: &Path) -> anyhow::Result<()> {
+    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+    std::thread::Builder::new()
+        .name("wal-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(checkpoint_interval_ms));
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "background checkpoint failed");
+                }
+            }
+        })
+        .context("cannot start the checkpoint thread")?;
+    Ok(())
+}

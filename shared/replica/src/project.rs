@@ -144,15 +144,15 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
         ],
     )?;
     if inserted == 1 {
-        let column = match entry.account {
-            Account::Principal => "principal_fen",
-            Account::Bonus => "bonus_fen",
-            Account::Points => "points",
+        let update = match entry.account {
+            Account::Principal => {
+                "UPDATE members SET principal_fen = principal_fen + ?1 WHERE id = ?2"
+            }
+            Account::Bonus => "UPDATE members SET bonus_fen = bonus_fen + ?1 WHERE id = ?2",
+            Account::Points => "UPDATE members SET points = points + ?1 WHERE id = ?2",
         };
-        conn.execute(
-            &format!("UPDATE members SET {column} = {column} + ?1 WHERE id = ?2"),
-            params![entry.amount, entry.member_id.to_string()],
-        )?;
+        conn.prepare_cached(update)?
+            .execute(params![entry.amount, entry.member_id.to_string()])?;
     }
     Ok(())
 }

@@ -165,31 +165,42 @@ fn enroll(hub: &HubUnderTest, store: &str, out: &Path) -> Result<EnrollmentBundl
     Ok(EnrollmentBundle::read_from(&path)?)
 }
 
-/// A store holding `count` recharge entries of its own.
+/// Members every ingest run registers at the hub before the timed part.
+const members_registered: u64 = 10_000;
+
+/// A store holding `count` ledger entries of its own (recharges and points earned, for
+/// members drawn at random from the `members_registered` registered by [`registering_store`]).
 fn filled_store(id: &StoreId, count: u64) -> MemoryStore {
     let mut store = MemoryStore::new(id.clone());
+    let actor = id.actor_bytes();
+    let mut rng = u64::from_be_bytes([
+        actor[0], actor[1], actor[2], actor[3], actor[4], actor[5], actor[6], actor[7],
+    ]) | 1;
     for seq in 1..=count {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
         let hlc = HlcTimestamp {
             wall_ms: 1_000 + seq,
             counter: 0,
         };
+        let (kind, account, amount) = if seq % 2 == 0 {
+            (EntryKind::RechargePrincipal, Account::Principal, 10_000)
+        } else {
+            (EntryKind::PointsEarn, Account::Points, 100)
+        };
         let entry = LedgerEntry {
             id: Uuid::from_u128(
-                (u128::from(seq) << 32)
-                    | u128::from(u32::from_be_bytes([
-                        id.actor_bytes()[0],
-                        id.actor_bytes()[1],
-                        id.actor_bytes()[2],
-                        id.actor_bytes()[3],
-                    ])),
+                (u128::from(seq) << 64)
+                    | u128::from(u32::from_be_bytes([actor[0], actor[1], actor[2], actor[3]])),
             ),
             origin: id.clone(),
             seq,
             hlc,
-            member_id: Uuid::from_u128(u128::from(seq % 500)),
-            kind: EntryKind::RechargePrincipal,
-            account: Account::Principal,
-            amount: 100,
+            member_id: member_uuid(rng % members_registered),
+            kind,
+            account,
+            amount,
             checkout_id: None,
             reason: None,
             rule_version: 1,
@@ -202,6 +213,38 @@ fn filled_store(id: &StoreId, count: u64) -> MemoryStore {
         });
     }
     store
+}
+
+fn member_uuid(n: u64) -> Uuid {
+    Uuid::from_u128((0x0190_0000_0000_7000_8000_u128 << 48) | u128::from(n))
+}
+
+/// A store holding the registrations (first member-document change) of `count` members.
+fn registering_store(id: &StoreId, count: u64) -> Result<MemoryStore> {
+    let mut store = MemoryStore::new(id.clone());
+    for n in 0..count {
+        let profile = Profile {
+            name: format!("会员{n}"),
+            phone: format!("138{:08}", n),
+            card_no: format!("{:08}", 10_000_000 + n),
+            ..Profile::default()
+        };
+        let (_, change) = MemberDoc::create(id, &profile, 1_000 + n)?;
+        let seq = n + 1;
+        store.write_local(Envelope {
+            origin: id.clone(),
+            seq,
+            hlc: HlcTimestamp {
+                wall_ms: 1_000 + n,
+                counter: 0,
+            },
+            op: Op::V1(OpV1::MemberChange {
+                member_id: member_uuid(n),
+                change,
+            }),
+        });
+    }
+    Ok(store)
 }
 
 /// Push everything a store holds to the hub over QUIC; return when the hub acknowledged all.
@@ -256,6 +299,14 @@ fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<(f64, Duration)
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Not timed: the members the entries belong to, registered at one more store.
+    let registrar = enroll(&hub, "members", dir.path())?;
+    let registrar_id = StoreId::parse(&registrar.store_id)?;
+    runtime.block_on(push_all(
+        registrar,
+        hub.quic,
+        registering_store(&registrar_id, members_registered)?,
+    ))?;
     let started = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = work
@@ -541,30 +592,49 @@ fn automerge_sync(left: &mut AutoCommit, right: &mut AutoCommit) -> Result<(usiz
 fn main() -> Result<()> {
     let mut stores = 50usize;
     let mut entries = 2_000u64;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--stores" => stores = args.next().context("--stores N")?.parse()?,
             "--entries" => entries = args.next().context("--entries N")?.parse()?,
+            "--only" => only = Some(args.next().context("--only ingest|catchup|edits")?),
             other => bail!("unknown argument {other:?}"),
         }
     }
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let (hub_bin, store_bin) = binaries()?;
-    let (rate, elapsed) = ingest(&hub_bin, stores, entries)?;
-    println!(
-        "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {rate:.0} entries/s ({:.2} s) |",
-        elapsed.as_secs_f64()
-    );
-    let (_, push) = ingest(&hub_bin, 1, 10_000)?;
+    if wanted("ingest") {
+        let (rate, elapsed) = ingest(&hub_bin, stores, entries)?;
+        println!(
+            "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {rate:.0} entries/s ({:.2} s) |",
+            elapsed.as_secs_f64()
+        );
+    }
+    if wanted("catchup") {
+        catch_up(&hub_bin, &store_bin)?;
+    }
+    if wanted("edits") {
+        edits()?;
+    }
+    Ok(())
+}
+
+fn catch_up(hub_bin: &Path, store_bin: &Path) -> Result<()> {
+    let (_, push) = ingest(hub_bin, 1, 10_000)?;
     println!(
         "| store with 10,000 waiting entries pushes them all (acknowledged durable) | {:.2} s |",
         push.as_secs_f64()
     );
-    let relay = relay_catch_up(&hub_bin, &store_bin, 10_000)?;
+    let relay = relay_catch_up(hub_bin, store_bin, 10_000)?;
     println!(
         "| fresh store-node receives and applies 10,000 entries from the hub | {:.2} s |",
         relay.as_secs_f64()
     );
+    Ok(())
+}
+
+fn edits() -> Result<()> {
     let edits = member_edits(10_000, 1_000)?;
     println!(
         "| 1,000 member edits per side on 10,000 members, our operations (batches of 256) | {} bytes; apply {:.0} ms |",

@@ -324,3 +324,115 @@ fn garbage_messages_are_errors_not_panics() {
     let message = Message::V1(MessageV1::RelayAck { cursor: 7 });
     assert_eq!(Message::decode(&message.encode()).unwrap(), message);
 }
+
+/// Deliver every message the store has queued to the hub in one `handle_messages` call
+/// (optionally reversed and with the first one twice), then everything back one by one.
+fn deliver_together(
+    store_session: &mut StoreSession,
+    store: &mut MemoryStore,
+    hub_session: &mut HubSession,
+    hub: &mut MemoryHub,
+    scramble: bool,
+) -> Result<usize, SyncError> {
+    let mut messages: Vec<Message> = std::iter::from_fn(|| store_session.poll_transmit()).collect();
+    if scramble && !messages.is_empty() {
+        messages.push(messages[0].clone());
+        messages.reverse();
+    }
+    let count = messages.len();
+    hub_session.handle_messages(messages, hub, 1_000)?;
+    while let Some(reply) = hub_session.poll_transmit() {
+        store_session.handle_message(reply, store, 1_000)?;
+    }
+    Ok(count)
+}
+
+#[test]
+fn pushes_received_together_are_ingested_together_and_acknowledged_once() {
+    for scramble in [false, true] {
+        let mut store = MemoryStore::new(store_id("a"));
+        write_entries(&mut store, 1_500, 7);
+        let mut hub = MemoryHub::default();
+        let mut store_session = StoreSession::new(store.store_id.clone(), &store, 1_000).unwrap();
+        let mut hub_session = HubSession::new(store.store_id.clone(), 1_000);
+        // Hello alone, then the window of pushes together, until the hub holds everything.
+        deliver_together(
+            &mut store_session,
+            &mut store,
+            &mut hub_session,
+            &mut hub,
+            false,
+        )
+        .unwrap();
+        let mut rounds = 0;
+        while store.hub_acked < 1_500 {
+            let delivered = deliver_together(
+                &mut store_session,
+                &mut store,
+                &mut hub_session,
+                &mut hub,
+                scramble,
+            )
+            .unwrap();
+            assert!(
+                delivered > 0,
+                "the store stopped pushing at {}",
+                store.hub_acked
+            );
+            rounds += 1;
+            assert!(rounds < 10, "too many rounds");
+        }
+        assert_eq!(hub.acked_seq(&store.store_id).unwrap(), 1_500);
+        assert_eq!(hub.log.len(), 1_500);
+        assert_eq!(
+            hub.ledger
+                .balances_of(Uuid::from_u128(7))
+                .unwrap()
+                .principal
+                .0,
+            150_000
+        );
+    }
+}
+
+#[test]
+fn a_foreign_push_among_pushes_received_together_is_refused_and_nothing_of_it_kept() {
+    let mut store = MemoryStore::new(store_id("a"));
+    write_entries(&mut store, 10, 7);
+    let mut other = MemoryStore::new(store_id("b"));
+    write_entries(&mut other, 10, 8);
+    let mut hub = MemoryHub::default();
+    let mut store_session = StoreSession::new(store.store_id.clone(), &store, 1_000).unwrap();
+    let mut hub_session = HubSession::new(store.store_id.clone(), 1_000);
+    deliver_together(
+        &mut store_session,
+        &mut store,
+        &mut hub_session,
+        &mut hub,
+        false,
+    )
+    .unwrap();
+    let foreign = Message::V1(MessageV1::Push {
+        ops: other.own_ops_after(0, 10).unwrap(),
+    });
+    let own: Vec<Message> = std::iter::from_fn(|| store_session.poll_transmit()).collect();
+    let mut messages = own;
+    messages.push(foreign);
+    let refused = hub_session.handle_messages(messages, &mut hub, 1_000);
+    assert!(matches!(
+        refused,
+        Err(SyncError::RefusedPeer {
+            reason: RefuseReason::ForeignOrigin,
+            ..
+        })
+    ));
+    assert!(hub.log.iter().all(|e| e.origin == store.store_id));
+    assert_eq!(
+        hub.ledger
+            .balances_of(Uuid::from_u128(8))
+            .unwrap()
+            .principal
+            .0,
+        0
+    );
+}
