@@ -17,6 +17,7 @@ fn migrations() -> Migrations<'static> {
         M::up(hub_schema_v3),
         M::up(crate::reports::index::schema_v1),
         M::up(sqlite::replica_schema_v3),
+        M::up(hub_schema_reservations),
     ])
 }
 
@@ -83,6 +84,14 @@ CREATE UNIQUE INDEX exceptions_open ON exceptions (kind, subject) WHERE resolved
 
 /// Accounts: a region for regional managers, argon2 password hashes, login sessions, and the
 /// audit log of exports and manual adjustments.
+/// The hub's book of online grants whose spends have not arrived (one row, JSON).
+const hub_schema_reservations: &str = r#"
+CREATE TABLE reservation_book (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    body TEXT NOT NULL
+);
+"#;
+
 const hub_schema_v3: &str = r#"
 ALTER TABLE users ADD COLUMN region TEXT;
 ALTER TABLE users ADD COLUMN password_hash TEXT;

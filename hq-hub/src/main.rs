@@ -328,6 +328,7 @@ fn serve(
     )?;
     let online = Arc::new(Mutex::new(HashMap::new()));
     let reads = Arc::new(ReadPool::open(&database, 4)?);
+    let book = storage::load_book(&writer)?;
     let (log_grew, _) = tokio::sync::watch::channel(head);
     let writer = Arc::new(Mutex::new(writer));
     let sync = SyncServer {
@@ -335,7 +336,7 @@ fn serve(
         writer: writer.clone(),
         log_grew: log_grew.clone(),
         online: online.clone(),
-        reservations: Arc::new(Mutex::new(Default::default())),
+        reservations: Arc::new(Mutex::new(book)),
         queue: Arc::new(Default::default()),
     };
     let state = HubState {

@@ -318,10 +318,16 @@ impl HubSide for SqliteHubSide {
         if grew {
             self.log_grew.send_replace(log_head(&self.reader)?);
         }
-        if let Ok(mut book) = self.reservations.lock() {
-            for checkout in &touched.checkouts {
-                book.release(*checkout);
-            }
+        let mut book = self
+            .reservations
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        let mut released = false;
+        for checkout in &touched.checkouts {
+            released |= book.release(*checkout);
+        }
+        if released {
+            save_book(&self.writer, &book)?;
         }
         Ok(acked)
     }
@@ -383,7 +389,7 @@ impl HubSide for SqliteHubSide {
 
     fn authorize(
         &mut self,
-        _store: &StoreId,
+        store: &StoreId,
         request: &AuthorizeRequest,
         now_ms: u64,
     ) -> Result<AuthorizeDecision, HubStorageError> {
@@ -391,6 +397,74 @@ impl HubSide for SqliteHubSide {
             .reservations
             .lock()
             .map_err(|_| HubStorageError::Poisoned)?;
+        let before = book.clone();
+        let decision = self.decide(&mut book, store, request, now_ms)?;
+        // A grant is on disk before the store hears of it: a hub restart keeps the hold.
+        if *book != before {
+            save_book(&self.writer, &book)?;
+        }
+        Ok(decision)
+    }
+
+    fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), HubStorageError> {
+        let mut book = self
+            .reservations
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        let given_up = book.store_caught_up(store, hello_ms);
+        if given_up > 0 {
+            tracing::info!(%store, given_up, "store caught up: unused grants released");
+            save_book(&self.writer, &book)?;
+        }
+        Ok(())
+    }
+
+    fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), HubStorageError> {
+        let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
+        conn.prepare_cached(
+            "UPDATE stores SET reported_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
+        )?
+        .execute((store.as_str(), own_seq_max as i64, (self.now_ms)() as i64))?;
+        Ok(())
+    }
+}
+
+/// The reservation book as last saved (empty on a new hub).
+pub fn load_book(conn: &Connection) -> Result<ReservationBook, HubStorageError> {
+    let body: Option<String> = conn
+        .query_row(
+            "SELECT body FROM reservation_book WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match body {
+        None => Ok(ReservationBook::default()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| HubStorageError::Damaged(format!("reservation book: {e}"))),
+    }
+}
+
+fn save_book(writer: &Mutex<Connection>, book: &ReservationBook) -> Result<(), HubStorageError> {
+    let body = serde_json::to_string(book).map_err(|e| HubStorageError::Damaged(e.to_string()))?;
+    let conn = writer.lock().map_err(|_| HubStorageError::Poisoned)?;
+    conn.prepare_cached(
+        "INSERT INTO reservation_book (id, body) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+    )?
+    .execute([body])?;
+    Ok(())
+}
+
+impl SqliteHubSide {
+    /// The authorization decision; changes `book` (holds placed or dropped).
+    fn decide(
+        &self,
+        book: &mut ReservationBook,
+        store: &StoreId,
+        request: &AuthorizeRequest,
+        now_ms: u64,
+    ) -> Result<AuthorizeDecision, HubStorageError> {
         for code in &request.coupon_codes {
             let known: bool = self.reader.query_row(
                 "SELECT COUNT(*) > 0 FROM coupons WHERE code = ?1",
@@ -404,7 +478,7 @@ impl HubSide for SqliteHubSide {
             )?;
             let reason = if !known {
                 Some("unknown coupon")
-            } else if redeemed || !book.hold_coupon(code, request.checkout_id, now_ms) {
+            } else if redeemed || !book.hold_coupon(code, request.checkout_id, store, now_ms) {
                 Some("already redeemed")
             } else {
                 None
@@ -429,6 +503,7 @@ impl HubSide for SqliteHubSide {
         Ok(
             match book.decide(
                 request.checkout_id,
+                store,
                 canonical,
                 request.spend,
                 balances.stored_value().unwrap_or_default(),
@@ -448,14 +523,5 @@ impl HubSide for SqliteHubSide {
                 }
             },
         )
-    }
-
-    fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), HubStorageError> {
-        let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-        conn.prepare_cached(
-            "UPDATE stores SET reported_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1",
-        )?
-        .execute((store.as_str(), own_seq_max as i64, (self.now_ms)() as i64))?;
-        Ok(())
     }
 }

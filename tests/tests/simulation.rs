@@ -4,9 +4,17 @@
 
 use tests::sim::{SimConfig, SimReport, run_seed};
 
+/// The CI configuration: strict, every online grant's hold must last until its spend arrives.
+fn ci_config() -> SimConfig {
+    SimConfig {
+        documented_gaps_only: true,
+        ..SimConfig::default()
+    }
+}
+
 /// Seeds `from..from + count` with the CI configuration; panics listing every failure.
 fn run_seeds(from: u64, count: u64) -> SimReport {
-    let config = SimConfig::default();
+    let config = ci_config();
     let mut total = SimReport::default();
     let mut failures = Vec::new();
     for seed in from..from + count {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+use crate::id::StoreId;
 use crate::money::Fen;
 
 /// HQ's limits for offline spending. Replicated to every store (the newest version wins).
@@ -135,25 +136,45 @@ impl OfflineSpend {
 }
 
 /// The hub's book of spends it authorized that have not arrived as ledger entries yet.
-/// A grant holds the amount back from the member's chain-wide balance until the store's entries
-/// arrive (the caller releases by checkout id) or the reservation expires.
-#[derive(Clone, Debug, Default)]
+///
+/// A grant holds the amount (or the coupon) back from the chain-wide state until one of:
+/// - the spend arrives (the caller releases by checkout id);
+/// - the granting store has caught up (see [`ReservationBook::store_caught_up`]): everything
+///   it held when it said Hello, at least [`authorization_grace_ms`] after the grant, has
+///   arrived, and the spend was not among it, so the checkout was never written;
+/// - [`reservation_ttl_ms`] passed (a store that never comes back).
+///
+/// A store cut off right after a grant therefore keeps its hold however long it is away. The
+/// hub keeps the book durable (it survives a hub restart); it serializes as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationBook {
     reservations: BTreeMap<Uuid, Reservation>,
-    /// Coupon codes granted to a checkout whose redemption has not arrived: code → (checkout,
-    /// expiry).
-    coupon_holds: BTreeMap<String, (Uuid, u64)>,
+    /// Coupon codes granted to a checkout whose redemption has not arrived.
+    coupon_holds: BTreeMap<String, CouponHold>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Reservation {
     member: Uuid,
     request: SpendRequest,
-    expires_ms: u64,
+    store: StoreId,
+    granted_ms: u64,
 }
 
-/// How long a grant holds money back without the spend arriving.
-pub const reservation_ttl_ms: u64 = 120_000;
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct CouponHold {
+    checkout: Uuid,
+    store: StoreId,
+    granted_ms: u64,
+}
+
+/// The longest a grant holds money back when its store never comes back (30 days).
+pub const reservation_ttl_ms: u64 = 30 * 24 * 3_600_000;
+
+/// A grant is given up as abandoned only by a Hello this long after it: longer than any
+/// store waits for an answer before it decides a checkout offline, so a checkout still
+/// waiting for its grant cannot be written after that Hello.
+pub const authorization_grace_ms: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
@@ -166,10 +187,12 @@ pub enum Decision {
 }
 
 impl ReservationBook {
-    /// Decide a spend for checkout `checkout` given the member's chain-wide balances.
+    /// Decide a spend of `store`'s checkout `checkout` given the member's chain-wide balances.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &mut self,
         checkout: Uuid,
+        store: &StoreId,
         member: Uuid,
         request: SpendRequest,
         chain_stored_value: Fen,
@@ -206,37 +229,65 @@ impl ReservationBook {
             Reservation {
                 member,
                 request,
-                expires_ms: now_ms.saturating_add(reservation_ttl_ms),
+                store: store.clone(),
+                granted_ms: now_ms,
             },
         );
         Decision::Granted
     }
 
-    /// Hold `code` for `checkout`; false if another checkout holds it.
-    pub fn hold_coupon(&mut self, code: &str, checkout: Uuid, now_ms: u64) -> bool {
+    /// Hold `code` for `store`'s checkout `checkout`; false if another checkout holds it.
+    pub fn hold_coupon(
+        &mut self,
+        code: &str,
+        checkout: Uuid,
+        store: &StoreId,
+        now_ms: u64,
+    ) -> bool {
         self.expire(now_ms);
         match self.coupon_holds.get(code) {
-            Some((holder, _)) if *holder != checkout => false,
+            Some(hold) if hold.checkout != checkout => false,
             _ => {
-                let expires = now_ms.saturating_add(reservation_ttl_ms);
-                self.coupon_holds
-                    .insert(code.to_owned(), (checkout, expires));
+                self.coupon_holds.insert(
+                    code.to_owned(),
+                    CouponHold {
+                        checkout,
+                        store: store.clone(),
+                        granted_ms: now_ms,
+                    },
+                );
                 true
             }
         }
     }
 
-    /// The spend of `checkout` arrived (or was abandoned): stop holding it back.
-    pub fn release(&mut self, checkout: Uuid) {
-        self.reservations.remove(&checkout);
+    /// The spend of `checkout` arrived (or was abandoned): stop holding it back. True if
+    /// something was held for it.
+    pub fn release(&mut self, checkout: Uuid) -> bool {
+        let before = self.coupon_holds.len();
         self.coupon_holds
-            .retain(|_, (holder, _)| *holder != checkout);
+            .retain(|_, hold| hold.checkout != checkout);
+        self.reservations.remove(&checkout).is_some() || self.coupon_holds.len() != before
+    }
+
+    /// `store` said Hello at `hello_ms` and everything it held then has arrived: its grants
+    /// made at least [`authorization_grace_ms`] before that Hello whose spends are still
+    /// missing were never used. Returns how many were given up.
+    pub fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> usize {
+        let abandoned =
+            |granted_ms: u64| granted_ms.saturating_add(authorization_grace_ms) <= hello_ms;
+        let before = self.reservations.len() + self.coupon_holds.len();
+        self.reservations
+            .retain(|_, r| !(r.store == *store && abandoned(r.granted_ms)));
+        self.coupon_holds
+            .retain(|_, hold| !(hold.store == *store && abandoned(hold.granted_ms)));
+        before - self.reservations.len() - self.coupon_holds.len()
     }
 
     pub fn expire(&mut self, now_ms: u64) {
-        self.reservations.retain(|_, r| r.expires_ms > now_ms);
-        self.coupon_holds
-            .retain(|_, (_, expires)| *expires > now_ms);
+        let live = |granted_ms: u64| granted_ms.saturating_add(reservation_ttl_ms) > now_ms;
+        self.reservations.retain(|_, r| live(r.granted_ms));
+        self.coupon_holds.retain(|_, hold| live(hold.granted_ms));
     }
 
     pub fn len(&self) -> usize {
@@ -254,6 +305,10 @@ mod tests {
 
     fn member(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    fn store() -> StoreId {
+        StoreId::parse("s1").unwrap()
     }
 
     #[test]
@@ -300,31 +355,97 @@ mod tests {
         };
         let (c1, c2) = (Uuid::from_u128(10), Uuid::from_u128(11));
         assert_eq!(
-            book.decide(c1, member(1), spend, Fen(1_000), 0, 0),
+            book.decide(c1, &store(), member(1), spend, Fen(1_000), 0, 0),
             Decision::Granted
         );
         assert_eq!(
-            book.decide(c1, member(1), spend, Fen(1_000), 0, 0),
+            book.decide(c1, &store(), member(1), spend, Fen(1_000), 0, 0),
             Decision::Granted,
             "retry"
         );
         assert!(matches!(
-            book.decide(c2, member(1), spend, Fen(1_000), 0, 0),
+            book.decide(c2, &store(), member(1), spend, Fen(1_000), 0, 0),
             Decision::Insufficient { .. }
         ));
         book.release(c1);
         assert_eq!(
-            book.decide(c2, member(1), spend, Fen(1_000), 0, 0),
+            book.decide(c2, &store(), member(1), spend, Fen(1_000), 0, 0),
             Decision::Granted
         );
         assert!(matches!(
-            book.decide(c1, member(1), spend, Fen(1_000), 0, 1),
+            book.decide(c1, &store(), member(1), spend, Fen(1_000), 0, 1),
             Decision::Insufficient { .. }
         ));
         assert_eq!(
-            book.decide(c1, member(1), spend, Fen(1_000), 0, reservation_ttl_ms + 1),
+            book.decide(
+                c1,
+                &store(),
+                member(1),
+                spend,
+                Fen(1_000),
+                0,
+                reservation_ttl_ms + 1
+            ),
             Decision::Granted,
             "an expired grant no longer holds money back"
         );
+    }
+
+    #[test]
+    fn a_grant_holds_while_its_store_is_away_and_ends_when_the_store_caught_up_without_it() {
+        let mut book = ReservationBook::default();
+        let spend = SpendRequest {
+            stored_value: Fen(700),
+            points: 0,
+        };
+        let other = StoreId::parse("s2").unwrap();
+        let (c1, c2) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let day = 24 * 3_600_000;
+        assert_eq!(
+            book.decide(c1, &store(), member(1), spend, Fen(1_000), 0, 0),
+            Decision::Granted
+        );
+        assert!(book.hold_coupon("C1", c1, &store(), 0));
+        // A day later (the store still away) the money and the coupon are still held.
+        assert!(matches!(
+            book.decide(c2, &other, member(1), spend, Fen(1_000), 0, day),
+            Decision::Insufficient { .. }
+        ));
+        assert!(!book.hold_coupon("C1", c2, &other, day));
+        // Another store catching up changes nothing; a Hello too soon after the grant neither.
+        assert_eq!(book.store_caught_up(&other, day), 0);
+        assert_eq!(
+            book.store_caught_up(&store(), authorization_grace_ms - 1),
+            0
+        );
+        // The store is back, pushed all it had, and the spend was not there: given up.
+        assert_eq!(book.store_caught_up(&store(), day), 2);
+        assert_eq!(
+            book.decide(c2, &other, member(1), spend, Fen(1_000), 0, day),
+            Decision::Granted
+        );
+        assert!(book.hold_coupon("C1", c2, &other, day));
+    }
+
+    #[test]
+    fn the_book_survives_a_round_trip_through_its_encoding() {
+        let mut book = ReservationBook::default();
+        let spend = SpendRequest {
+            stored_value: Fen(700),
+            points: 3,
+        };
+        book.decide(
+            Uuid::from_u128(10),
+            &store(),
+            member(1),
+            spend,
+            Fen(1_000),
+            5,
+            42,
+        );
+        book.hold_coupon("C1", Uuid::from_u128(10), &store(), 42);
+        let bytes = postcard::to_stdvec(&book).unwrap();
+        let back: ReservationBook = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, book);
     }
 }

@@ -216,6 +216,10 @@ pub trait HubSide {
     fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), Self::Error>;
     /// Remember the store's own highest sequence as it said in its Hello (for lag).
     fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), Self::Error>;
+    /// `store` said Hello at `hello_ms` and every operation it held then has now arrived:
+    /// grants it got before that Hello whose spends are still missing were never used
+    /// ([`crate::allowance::ReservationBook::store_caught_up`]).
+    fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), Self::Error>;
     /// Decide a spend against the chain-wide state (and hold it back if granted).
     fn authorize(
         &mut self,
@@ -510,6 +514,9 @@ pub struct HubSession {
     relay_acked: u64,
     relay_window: Window,
     outbox: VecDeque<Message>,
+    /// What the store said it held at Hello (its own highest sequence, and when), until the
+    /// hub holds all of it.
+    catching_up: Option<(u64, u64)>,
 }
 
 impl HubSession {
@@ -525,6 +532,7 @@ impl HubSession {
                 last_progress_ms: now_ms,
             },
             outbox: VecDeque::new(),
+            catching_up: None,
         }
     }
 
@@ -618,14 +626,23 @@ impl HubSession {
         if !ops.is_sorted_by_key(|envelope| envelope.seq) {
             let mut sorted = ops.to_vec();
             sorted.sort_by_key(|envelope| envelope.seq);
-            let acked_seq = side.ingest(&self.store_id, &sorted).map_err(storage)?;
-            self.outbox
-                .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
-            return Ok(());
+            return self.ingest_and_ack(&sorted, side);
         }
         let acked_seq = side.ingest(&self.store_id, ops).map_err(storage)?;
         self.outbox
             .push_back(Message::V1(MessageV1::PushAck { acked_seq }));
+        self.note_acked(acked_seq, side)
+    }
+
+    /// Tell the side once the hub holds everything the store held at Hello.
+    fn note_acked<H: HubSide>(&mut self, acked_seq: u64, side: &mut H) -> Result<(), SyncError> {
+        if let Some((own_seq_max, hello_ms)) = self.catching_up
+            && acked_seq >= own_seq_max
+        {
+            self.catching_up = None;
+            side.store_caught_up(&self.store_id, hello_ms)
+                .map_err(storage)?;
+        }
         Ok(())
     }
 
@@ -643,7 +660,7 @@ impl HubSession {
                 MessageV1::Hello {
                     protocol_version: v,
                     store_id,
-                    own_seq_max: _,
+                    own_seq_max,
                     relay_cursor,
                 },
             ) => {
@@ -676,6 +693,10 @@ impl HubSession {
                 }));
                 side.record_relay_acked(&self.store_id, relay_cursor)
                     .map_err(storage)?;
+                side.record_hello(&self.store_id, own_seq_max)
+                    .map_err(storage)?;
+                self.catching_up = Some((own_seq_max, now_ms));
+                self.note_acked(acked_seq, side)?;
                 self.fill_relay_window(side)
             }
             (HubSessionState::Ready, MessageV1::Push { ops }) => {

@@ -188,9 +188,14 @@ impl HubSide for MemoryHub {
         Ok(())
     }
 
+    fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), Infallible> {
+        self.reservations.store_caught_up(store, hello_ms);
+        Ok(())
+    }
+
     fn authorize(
         &mut self,
-        _store: &StoreId,
+        store: &StoreId,
         request: &AuthorizeRequest,
         now_ms: u64,
     ) -> Result<AuthorizeDecision, Infallible> {
@@ -199,7 +204,7 @@ impl HubSide for MemoryHub {
             if redeemed
                 || !self
                     .reservations
-                    .hold_coupon(code, request.checkout_id, now_ms)
+                    .hold_coupon(code, request.checkout_id, store, now_ms)
             {
                 return Ok(AuthorizeDecision::CouponUnavailable {
                     code: code.clone(),
@@ -215,6 +220,7 @@ impl HubSide for MemoryHub {
         Ok(
             match self.reservations.decide(
                 request.checkout_id,
+                store,
                 member,
                 request.spend,
                 stored_value,

@@ -25,8 +25,6 @@ pub enum Authority {
 /// Why a grant did not hold the money back until the spend reached the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Unprotected {
-    /// The hub crashed between the grant and the spend's arrival (the book is in memory).
-    HubCrash,
     /// The spend arrived after the reservation's TTL.
     Expired,
     /// The member's group got a new canonical member (a same-phone registration arrived)
@@ -39,7 +37,6 @@ pub enum Unprotected {
 impl Unprotected {
     pub fn name(self) -> &'static str {
         match self {
-            Unprotected::HubCrash => "hub crash",
             Unprotected::Expired => "expired",
             Unprotected::CanonicalChanged => "canonical changed",
             Unprotected::ReleasedEarly => "released early",
@@ -121,15 +118,13 @@ impl Oracle {
             if self.arrivals.contains_key(&checkout) {
                 continue;
             }
-            let Some((grant, incarnation)) = self.grants.get(&checkout) else {
+            let Some((grant, _)) = self.grants.get(&checkout) else {
                 continue;
             };
             let Some(record) = self.checkouts.get(&checkout) else {
                 continue;
             };
-            let verdict = if *incarnation != self.hub_incarnation {
-                Some(Unprotected::HubCrash)
-            } else if now_ms >= grant.at_ms.saturating_add(reservation_ttl_ms) {
+            let verdict = if now_ms >= grant.at_ms.saturating_add(reservation_ttl_ms) {
                 Some(Unprotected::Expired)
             } else if grant
                 .canonical
@@ -144,7 +139,6 @@ impl Oracle {
             };
             self.arrivals.insert(checkout, verdict);
             let allowed = match verdict {
-                Some(Unprotected::HubCrash) => true,
                 Some(_) => !self.documented_gaps_only,
                 None => false,
             };

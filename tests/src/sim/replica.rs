@@ -622,9 +622,9 @@ impl HubNode {
         }
     }
 
-    /// A hub crash: sessions are gone (the caller drops them) and so is the reservation book.
+    /// A hub crash: sessions are gone (the caller drops them). The reservation book is
+    /// durable at the hub (written before a grant is answered), so it survives.
     pub fn crash(&mut self) {
-        self.mem.reservations = Default::default();
         let last = self.mem.log.iter().map(|e| e.hlc).max().unwrap_or_default();
         self.hq_clock = Hlc::starting_after(last);
     }
@@ -728,6 +728,10 @@ impl HubSide for HubNode {
         self.mem.record_hello(store, own_seq_max).map_err(never)
     }
 
+    fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), String> {
+        self.mem.store_caught_up(store, hello_ms).map_err(never)
+    }
+
     fn authorize(
         &mut self,
         store: &StoreId,
@@ -739,7 +743,7 @@ impl HubSide for HubNode {
             let reason = if !self.proj.coupons.contains_key(code) {
                 Some("unknown coupon")
             } else if self.proj.is_redeemed(code)
-                || !book.hold_coupon(code, request.checkout_id, now_ms)
+                || !book.hold_coupon(code, request.checkout_id, store, now_ms)
             {
                 Some("already redeemed")
             } else {
@@ -771,6 +775,7 @@ impl HubSide for HubNode {
         let balances = self.proj.group_sums(member).balances();
         match book.decide(
             request.checkout_id,
+            store,
             canonical,
             request.spend,
             balances.stored_value().unwrap_or_default(),

@@ -758,10 +758,8 @@ impl World {
             return Ok(());
         }
         if self.rng.chance(self.config.partition_after_grant_per_mille) && self.nodes[store].up {
-            let duration = self.rng.log_uniform_ms(
-                2 * chainsync_core::allowance::reservation_ttl_ms,
-                20 * 60_000,
-            );
+            // Longer than a hold lived when holds expired after 120 s.
+            let duration = self.rng.log_uniform_ms(240_000, 20 * 60_000);
             self.cut_off(store, duration, "partition right after a grant")?;
         }
         if self.rng.chance(self.config.hub_crash_after_grant_per_mille) && self.hub_up {
