@@ -770,15 +770,25 @@ pub fn refund(
     {
         return Err(ApiError::invalid_field("reason is too long"));
     }
-    let body: Option<Vec<u8>> = conn
+    let found: Option<(Vec<u8>, String)> = conn
         .query_row(
-            "SELECT body FROM sales WHERE id = ?1",
+            "SELECT body, origin FROM sales WHERE id = ?1",
             [sale_id.to_string()],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    let body =
-        body.ok_or_else(|| ApiError::new(404, "unknown_checkout", "no checkout with this id"))?;
+    let (body, origin) =
+        found.ok_or_else(|| ApiError::new(404, "unknown_checkout", "no checkout with this id"))?;
+    // Only the store that made a sale refunds it: its refunds are then all written here, one
+    // after another, so a sale can never be refunded twice, even by stores that cannot reach
+    // each other.
+    if origin != local.store.as_str() {
+        return Err(ApiError::new(
+            409,
+            "refund_at_selling_store",
+            format!("this checkout was made at store {origin}: it can only be refunded there"),
+        ));
+    }
     let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
     if read::has_refund(conn, sale_id)? {
         return Err(ApiError::new(

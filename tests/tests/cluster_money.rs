@@ -283,3 +283,51 @@ fn a_recharge_can_be_spent_at_once_while_online() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_sale_is_refunded_only_at_the_store_that_made_it() -> Result<()> {
+    let Chain {
+        _dir,
+        hub,
+        a,
+        b,
+        member,
+    } = chain()?;
+    let (status, sale) = checkout(&a, Some(&member), 3, "stored_value", &[], 3_000)?;
+    assert_eq!(status, 201, "{sale}");
+    let sale_id = sale["id"].as_str().context("sale id")?.to_owned();
+    wait_until("the sale reached store B", bounded, || {
+        converged(&hub, &[&a, &b])
+    })?;
+    let refund = |store: &Store| {
+        store.api.post(
+            &format!("/api/v1/checkouts/{sale_id}/refunds"),
+            Some(&store.manager),
+            &json!({"reason": "退货"}),
+            None,
+        )
+    };
+    // B holds the sale but did not make it: refused, whether or not A refunds it meanwhile.
+    let (status, refused) = refund(&b)?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("refund_at_selling_store")),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ma"),
+        "the message names the selling store: {refused}"
+    );
+    let (status, refunded) = refund(&a)?;
+    assert_eq!(status, 201, "{refunded}");
+    assert_eq!(refunded["balance_fen"], 10_000, "{refunded}");
+    wait_until("the refund everywhere", bounded, || {
+        converged(&hub, &[&a, &b])
+    })?;
+    let member_at_b = b.get(&format!("/api/v1/members/{member}"))?;
+    assert_eq!(member_at_b.1["balance_fen"], 10_000, "{member_at_b:?}");
+    Ok(())
+}

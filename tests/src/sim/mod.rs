@@ -68,10 +68,13 @@
 //! checkout's first operation releasing the hold before the rest arrived. Holds survive hub
 //! crashes (the hub's book is durable) and last while the granting store is cut off, until it
 //! is back and has pushed everything it held (`sim --strict` fails a run on any of the three;
-//! seed 14 of the previous version, a hold expiring during a partition, now passes). With [`SimConfig::cross_store_refunds`] (`sim
-//! --cross-store-refunds`) a store may refund another store's sale, as `store-node` allows,
-//! and a sale refunded twice while the stores were apart fails the run (stored value and
-//! points credited back twice, with no exception; e.g. seed 6 of this version).
+//! seed 14 of the previous version, a hold expiring during a partition, now passes).
+//!
+//! By default a sale is refunded only at the store that made it, as `store-node` enforces
+//! (`refund_at_selling_store`). With [`SimConfig::cross_store_refunds`] (`sim
+//! --cross-store-refunds`) a store may refund another store's sale, which `store-node` refuses
+//! for this reason: a sale refunded twice while the stores were apart fails the run (stored
+//! value and points credited back twice, with no exception; e.g. seed 6).
 //!
 //! A simulated store-day is one store open for 8 virtual hours ([`store_day_ms`]).
 //!
