@@ -117,7 +117,9 @@ CREATE TABLE audit_log (
 
 /// Open the database for writing and bring its schema up to date.
 pub fn open_writer(path: &Path) -> anyhow::Result<Connection> {
-    chainsync_replica::node::open_writer(path, &migrations())
+    let mut conn = chainsync_replica::node::open_writer(path, &migrations())?;
+    crate::reports::index::build_once(&mut conn)?;
+    Ok(conn)
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ fn migrations() -> Migrations<'static> {
         M::up(sqlite::replica_schema_v2),
         M::up(store_schema_v2),
         M::up(sqlite::replica_schema_v3),
+        M::up(crate::member_search::schema_v1),
+        M::up(crate::member_search::backfill_v1),
     ])
 }
 

@@ -550,7 +550,8 @@ async fn not_found() -> ApiError {
     info(title = "chainsync store-node API", description = "Cashier and POS API of one store. Money is integer 分."),
     paths(healthz, create_member, search_members, get_member, patch_member, member_ledger,
         create_recharge, create_product, list_products, create_checkout, list_checkouts,
-        get_checkout, create_refund, sync_status, sync_digest),
+        get_checkout, create_refund, sync_status, sync_digest,
+        crate::member_search::member_search),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -572,6 +573,10 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/checkouts/{id}/refunds", post(create_refund))
         .route("/api/v1/sync/status", get(sync_status))
         .route("/api/v1/sync/digest", get(sync_digest))
+        .route(
+            "/api/v1/member-search",
+            get(crate::member_search::member_search),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(request_body_bytes_max))
         .with_state(app)

@@ -13,6 +13,7 @@
 //! - [`sync_client`]: background sync with the hub over QUIC, with reconnect backoff.
 //! - [`sync_side`]: the store's side of the sync protocol over SQLite.
 //! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
+//! - [`member_search`]: member search over a trigger-kept index.
 //!
 //! Architecture invariant: every change to replicated state goes through an operation in the
 //! `ops` table, written in the same transaction as its projection.
@@ -22,6 +23,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod member_search;
 pub mod sync_client;
 pub mod sync_side;
 pub mod writer;

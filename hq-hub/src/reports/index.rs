@@ -372,3 +372,75 @@ pub fn merged_members(
     }
     Ok(map)
 }
+
+/// Marks that the report tables cover everything projected before they existed.
+const built_meta_key: &str = "report_index_v1";
+
+/// Fill the report tables from what the database already holds, once (a hub that ran before
+/// the report tables existed). Afterwards the projection keeps them up to date.
+pub fn build_once(conn: &mut Connection) -> rusqlite::Result<()> {
+    let built: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [built_meta_key],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if built.is_some() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for table in [
+        "report_member_stats",
+        "report_members",
+        "report_member_tags",
+        "report_daily",
+        "report_daily_sku",
+        "report_member_day",
+    ] {
+        tx.execute(&format!("DELETE FROM {table}"), [])?;
+    }
+    {
+        let mut sales = tx.prepare("SELECT body, origin FROM sales ORDER BY at_ms")?;
+        let mut rows = sales.query([])?;
+        while let Some(row) = rows.next()? {
+            let body: Vec<u8> = row.get(0)?;
+            let origin: String = row.get(1)?;
+            if let Ok(sale) = postcard::from_bytes::<SaleRecord>(&body) {
+                on_sale(&tx, &sale, &origin)?;
+            }
+        }
+        let mut refunds =
+            tx.prepare("SELECT id, sale_id, member_id, origin, amount_fen, at_ms FROM refunds")?;
+        let mut rows = refunds.query([])?;
+        while let Some(row) = rows.next()? {
+            let parse = |text: Option<String>| text.and_then(|t| Uuid::parse_str(&t).ok());
+            let (Some(id), Some(sale_id)) = (parse(row.get(0)?), parse(row.get(1)?)) else {
+                continue;
+            };
+            let refund = RefundRecord {
+                id,
+                sale_id,
+                member_id: parse(row.get(2)?),
+                amount: chainsync_core::Fen(row.get(4)?),
+                reason: None,
+                at_ms: row.get::<_, i64>(5)?.max(0) as u64,
+            };
+            let origin: String = row.get(3)?;
+            on_refund(&tx, &refund, &origin)?;
+        }
+        let mut members = tx.prepare("SELECT id FROM members")?;
+        let ids = members
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for id in ids {
+            refresh_member(&tx, &id, true)?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [built_meta_key],
+    )?;
+    tx.commit()
+}
