@@ -1092,6 +1092,22 @@ fn reports_equal_plain_iteration_and_respect_roles() {
         .collect();
     let want: Vec<String> = champions.iter().map(|(_, id)| id.to_string()).collect();
     assert_eq!(got, want, "champion members");
+    let list = c.json(
+        &format!("/api/v1/segments/champion/members?{seg_query}&per_page=500&region=west"),
+        admin,
+    );
+    let got: Vec<String> = list["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| cell_text(&r[0]))
+        .collect();
+    let want_west: Vec<String> = champions
+        .iter()
+        .filter(|(_, id)| region(&data.member(*id).home) == "west")
+        .map(|(_, id)| id.to_string())
+        .collect();
+    assert_eq!(got, want_west, "champion members of one region");
     // The east manager's segments: only east stores, same counts as the chain's for them.
     let east_segments = c.json(&format!("/api/v1/segments?{seg_query}&by=store"), east);
     let east_counts = table_map(&east_segments["counts"], 2);

@@ -583,7 +583,8 @@ pub async fn segment_members(
             .run(move |conn| {
                 let scope = Scope::load(conn, &user)?;
                 let segmentation = segment(conn, &scope, &query, now).map_err(invalid)?;
-                let rows = class_members(conn, &segmentation, &scope, &class).map_err(invalid)?;
+                let rows =
+                    class_members(conn, &segmentation, &scope, &class, &query).map_err(invalid)?;
                 let per_page = query
                     .per_page
                     .unwrap_or(50)
@@ -614,7 +615,7 @@ pub async fn segment_members(
         Box::new(move |conn, sink| {
             let scope = Scope::load(conn, &user).map_err(|e| e.to_string())?;
             let segmentation = segment(conn, &scope, &query, now)?;
-            let rows = class_members(conn, &segmentation, &scope, &class)?;
+            let rows = class_members(conn, &segmentation, &scope, &class, &query)?;
             let total = rows.len() as u64;
             for row in rows {
                 if !sink(row) {

@@ -45,6 +45,10 @@ pub struct SegmentQuery {
     pub amount_split_fen: Option<i64>,
     /// store or region (home store of the member); none for the whole scope.
     pub by: Option<String>,
+    /// Member lists: only members with this home store.
+    pub store: Option<String>,
+    /// Member lists: only members whose home store is in this region.
+    pub region: Option<String>,
     /// Member lists: 1-based page, rows per page (default 50, at most 500).
     pub page: Option<u64>,
     pub per_page: Option<u64>,
@@ -213,6 +217,7 @@ pub fn class_members(
     segmentation: &Segmentation,
     scope: &Scope,
     class: &str,
+    query: &SegmentQuery,
 ) -> Result<Vec<Vec<Cell>>, String> {
     if !classes.contains(&class) {
         return Err(format!("class must be one of {}", classes.join(", ")));
@@ -221,6 +226,18 @@ pub fn class_members(
         .members
         .iter()
         .filter(|m| m.class == class)
+        .filter(|m| {
+            query
+                .store
+                .as_ref()
+                .is_none_or(|s| *s == m.member.home_store)
+        })
+        .filter(|m| {
+            query
+                .region
+                .as_ref()
+                .is_none_or(|r| *r == scope.region_of(&m.member.home_store))
+        })
         .collect();
     chosen.sort_by(|a, b| {
         b.window
