@@ -128,6 +128,8 @@ pub enum DecodeError {
     TooLarge { len: usize, max: usize },
     #[error("operation is malformed: {0}")]
     Malformed(#[from] postcard::Error),
+    #[error("operation is followed by {0} stray bytes")]
+    TrailingBytes(usize),
 }
 
 impl Op {
@@ -143,7 +145,12 @@ impl Op {
                 max: limits::op_bytes_max,
             });
         }
-        Ok(postcard::from_bytes(bytes)?)
+        // One encoding per value: bytes after the operation make it malformed, not ignored.
+        let (op, rest) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        Ok(op)
     }
 
     /// A short name for logs and the `kind` column.
@@ -176,6 +183,12 @@ mod tests {
         }));
         assert_eq!(Op::decode(&op.encode()).unwrap(), op);
         assert!(Op::decode(&[0xff, 0xff, 0xff]).is_err());
+        let mut padded = op.encode();
+        padded.push(0);
+        assert!(matches!(
+            Op::decode(&padded),
+            Err(DecodeError::TrailingBytes(1))
+        ));
         assert!(Op::decode(&vec![0; limits::op_bytes_max + 1]).is_err());
     }
 }

@@ -142,6 +142,8 @@ pub enum DecodeError {
     TooLarge { len: usize, max: usize },
     #[error("message is malformed: {0}")]
     Malformed(#[from] postcard::Error),
+    #[error("message is followed by {0} stray bytes")]
+    TrailingBytes(usize),
 }
 
 impl Message {
@@ -156,7 +158,11 @@ impl Message {
                 max: sync_message_bytes_max,
             });
         }
-        Ok(postcard::from_bytes(bytes)?)
+        let (message, rest) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes(rest.len()));
+        }
+        Ok(message)
     }
 }
 

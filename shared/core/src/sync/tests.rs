@@ -323,6 +323,12 @@ fn garbage_messages_are_errors_not_panics() {
     assert!(Message::decode(&vec![0u8; sync_message_bytes_max + 1]).is_err());
     let message = Message::V1(MessageV1::RelayAck { cursor: 7 });
     assert_eq!(Message::decode(&message.encode()).unwrap(), message);
+    let mut padded = message.encode();
+    padded.extend_from_slice(&[0, 0]);
+    assert!(matches!(
+        Message::decode(&padded),
+        Err(DecodeError::TrailingBytes(2))
+    ));
 }
 
 /// Deliver every message the store has queued to the hub in one `handle_messages` call
