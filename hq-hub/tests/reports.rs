@@ -1640,3 +1640,74 @@ fn index_is_idempotent_and_follows_late_merges() {
         .unwrap();
     assert_eq!(daily, (3, 1300));
 }
+
+/// A hub database from before the report tables is indexed once when opened: the rebuilt
+/// tables equal the ones the projection kept.
+#[test]
+fn report_tables_are_built_for_an_older_database() {
+    let now = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let mut conn = hq_hub::db::open_writer(&path).unwrap();
+    for (store, region) in stores {
+        conn.execute(
+            "INSERT INTO stores (store_id, name, region, enrolled_ms) VALUES (?1, ?1, ?2, 0)",
+            (store, region),
+        )
+        .unwrap();
+    }
+    let (_, writers) = generate(now);
+    ingest_all(&mut conn, &writers, now as u64);
+    let tables = [
+        "report_member_stats",
+        "report_members",
+        "report_member_tags",
+        "report_daily",
+        "report_daily_sku",
+        "report_member_day",
+    ];
+    let dump = |conn: &rusqlite::Connection| -> Vec<String> {
+        let mut all = Vec::new();
+        for table in tables {
+            let mut s = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+            let columns = s.column_count();
+            let rows = s
+                .query_map([], |r| {
+                    let mut row = String::from(table);
+                    for i in 0..columns {
+                        row.push_str(&format!(" {:?}", r.get_ref(i)?));
+                    }
+                    Ok(row)
+                })
+                .unwrap();
+            all.extend(rows.map(Result::unwrap));
+        }
+        all.sort();
+        all
+    };
+    let kept = dump(&conn);
+    assert!(kept.len() > 500, "{}", kept.len());
+    for table in tables {
+        conn.execute(&format!("DELETE FROM {table}"), []).unwrap();
+    }
+    conn.execute("DELETE FROM meta WHERE key = 'report_index_v1'", [])
+        .unwrap();
+    drop(conn);
+    let conn = hq_hub::db::open_writer(&path).unwrap();
+    let rebuilt = dump(&conn);
+    let missing: Vec<&String> = kept
+        .iter()
+        .filter(|r| !rebuilt.contains(r))
+        .take(5)
+        .collect();
+    let extra: Vec<&String> = rebuilt
+        .iter()
+        .filter(|r| !kept.contains(r))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}"
+    );
+    assert_eq!(rebuilt.len(), kept.len());
+}

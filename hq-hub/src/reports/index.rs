@@ -135,6 +135,16 @@ pub fn after_apply(conn: &Connection, envelope: &Envelope, before: Before) -> ru
 
 /// A sale applied for the first time.
 pub fn on_sale(conn: &Connection, sale: &SaleRecord, store: &str) -> rusqlite::Result<()> {
+    sale_applied(conn, sale, store, true)
+}
+
+/// `early_refunds`: refunds of this sale already counted (without its tier) get its tier.
+fn sale_applied(
+    conn: &Connection,
+    sale: &SaleRecord,
+    store: &str,
+    early_refunds: bool,
+) -> rusqlite::Result<()> {
     let day = day_of(sale.at_ms);
     let member = i64::from(sale.member_id.is_some());
     let tier = if sale.member_id.is_some() {
@@ -165,7 +175,7 @@ pub fn on_sale(conn: &Connection, sale: &SaleRecord, store: &str) -> rusqlite::R
             line.amount.0
         ])?;
     }
-    if sale.member_id.is_some() && !tier.is_empty() {
+    if early_refunds && sale.member_id.is_some() && !tier.is_empty() {
         move_early_refunds(conn, sale, tier)?;
     }
     let Some(member_id) = sale.member_id else {
@@ -407,7 +417,8 @@ pub fn build_once(conn: &mut Connection) -> rusqlite::Result<()> {
             let body: Vec<u8> = row.get(0)?;
             let origin: String = row.get(1)?;
             if let Ok(sale) = postcard::from_bytes::<SaleRecord>(&body) {
-                on_sale(&tx, &sale, &origin)?;
+                // Refunds are counted after all sales, each with its sale's tier.
+                sale_applied(&tx, &sale, &origin, false)?;
             }
         }
         let mut refunds =

@@ -334,8 +334,20 @@ pub fn top_customers(
     let mut home = conn
         .prepare_cached("SELECT home_store FROM report_members WHERE member_id = ?1")
         .map_err(db)?;
+    let mut sorted: Vec<(uuid::Uuid, super::members::WindowStats)> = stats.into_iter().collect();
+    sorted.sort_unstable_by(|a, b| {
+        b.1.spend_fen
+            .cmp(&a.1.spend_fen)
+            .then(b.1.visits.cmp(&a.1.visits))
+            .then(a.0.cmp(&b.0))
+    });
+    // Best first; look up home stores only until enough members of the scope are found.
+    let limit = limit.clamp(1, super::members::page_rows_max as usize);
     let mut ranked: Vec<(uuid::Uuid, super::members::WindowStats, String)> = Vec::new();
-    for (id, s) in stats {
+    for (id, s) in sorted {
+        if ranked.len() == limit {
+            break;
+        }
         let home_store: String = home
             .query_row([id.to_string()], |r| r.get(0))
             .unwrap_or_default();
@@ -343,13 +355,6 @@ pub fn top_customers(
             ranked.push((id, s, home_store));
         }
     }
-    ranked.sort_by(|a, b| {
-        b.1.spend_fen
-            .cmp(&a.1.spend_fen)
-            .then(b.1.visits.cmp(&a.1.visits))
-            .then(a.0.cmp(&b.0))
-    });
-    ranked.truncate(limit.clamp(1, super::members::page_rows_max as usize));
     let mut profile = conn
         .prepare_cached("SELECT name, phone FROM members WHERE id = ?1")
         .map_err(db)?;
