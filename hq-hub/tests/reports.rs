@@ -1711,3 +1711,99 @@ fn report_tables_are_built_for_an_older_database() {
     );
     assert_eq!(rebuilt.len(), kept.len());
 }
+
+/// A refund that reaches the hub before its sale is counted under the sale's tier once the
+/// sale arrives.
+#[test]
+fn a_refund_before_its_sale_moves_to_the_sale_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = hq_hub::db::open_writer(&dir.path().join("hub.db")).unwrap();
+    let now = now_ms();
+    let mut w = Writers {
+        seq: HashMap::new(),
+        ops: HashMap::new(),
+    };
+    let member = Uuid::from_u128(7);
+    let profile = Profile {
+        name: "王五".into(),
+        phone: "13900000009".into(),
+        card_no: "K0009".into(),
+        home_store: Some("a".into()),
+        ..Default::default()
+    };
+    let (_, change) = MemberDoc::create(&StoreId::parse("a").unwrap(), &profile, 1).unwrap();
+    w.emit(
+        "a",
+        now - 9_000,
+        OpV1::MemberChange {
+            member_id: member,
+            change,
+        },
+    );
+    let sale_id = Uuid::from_u128(70);
+    w.emit(
+        "a",
+        now - 8_000,
+        OpV1::Sale(SaleRecord {
+            id: sale_id,
+            member_id: Some(member),
+            lines: vec![],
+            payments: vec![],
+            subtotal: Fen(1_000),
+            discount: Fen(0),
+            total: Fen(1_000),
+            points_earned: 0,
+            tier: "黄金".into(),
+            rule_version: 1,
+            at_ms: (now - 8_000) as u64,
+        }),
+    );
+    w.emit(
+        "b",
+        now - 7_000,
+        OpV1::SaleRefund(RefundRecord {
+            id: Uuid::from_u128(71),
+            sale_id,
+            member_id: Some(member),
+            amount: Fen(400),
+            reason: None,
+            at_ms: (now - 7_000) as u64,
+        }),
+    );
+    let (a, b) = (StoreId::parse("a").unwrap(), StoreId::parse("b").unwrap());
+    hq_hub::storage::ingest(&mut conn, &a, &w.ops["a"][..1], now as u64).unwrap();
+    hq_hub::storage::ingest(&mut conn, &b, &w.ops["b"], now as u64).unwrap();
+    hq_hub::storage::ingest(&mut conn, &a, &w.ops["a"], now as u64).unwrap();
+    let mut s = conn
+        .prepare(
+            "SELECT store, tier, orders, sales_fen, refunds, refund_fen FROM report_daily
+             WHERE orders <> 0 OR refunds <> 0 OR sales_fen <> 0 OR refund_fen <> 0
+             ORDER BY store",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = s
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("a".to_owned(), "黄金".to_owned(), 1, 1_000, 0, 0),
+            ("b".to_owned(), "黄金".to_owned(), 0, 0, 1, 400),
+        ]
+    );
+    let spend: i64 = conn
+        .query_row("SELECT spend_fen FROM report_members", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(spend, 600);
+}
