@@ -305,13 +305,13 @@ fn main() -> Result<()> {
         limit: None,
         format: None,
     };
-    time("categories report, 365 days, by store", 1, || {
+    time("categories report, 365 days, by store", 3, || {
         compute_report(&conn, &admin, &rules, "categories", &report, now).unwrap()
     });
-    time("top customers, 365 days", 1, || {
+    time("top customers, 365 days", 3, || {
         compute_report(&conn, &admin, &rules, "top-customers", &report, now).unwrap()
     });
-    time("tier distribution by store", 1, || {
+    time("tier distribution by store", 3, || {
         compute_report(&conn, &admin, &rules, "tiers", &report, now).unwrap()
     });
     let searches = [
