@@ -585,14 +585,21 @@ async fn search_members(
         }));
     };
     let rules = hub.rules.clone();
+    // A regional manager's rows are filtered after the query: ask for the most rows.
+    let asked = if caller.user.region_scope().is_some() {
+        read::list_rows_max
+    } else {
+        limit
+    };
     let members = hub
         .reads
-        .run(move |conn| read::find_members(conn, &member_query, limit, &rules, now_ms()))
+        .run(move |conn| read::find_members(conn, &member_query, asked, &rules, now_ms()))
         .await?;
     let stores = store_regions(&hub).await?;
     let members = members
         .into_iter()
         .filter(|m| caller.may_see_member(m, &stores))
+        .take(limit.clamp(1, read::list_rows_max))
         .map(|m| caller.show_member(m))
         .collect();
     Ok(Json(MemberList { members }))

@@ -1272,6 +1272,12 @@ fn reports_equal_plain_iteration_and_respect_roles() {
         .map(|s| cell_text(&s["id"]))
         .collect();
     assert_eq!(ids, vec!["s1", "s2"]);
+    let five = c.json("/api/v1/members?limit=5", east);
+    assert_eq!(
+        five["members"].as_array().unwrap().len(),
+        5,
+        "a full page of the region"
+    );
     let list = c.json("/api/v1/members?limit=500", east);
     assert!(
         list["members"]
