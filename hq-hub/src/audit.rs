@@ -49,6 +49,44 @@ pub fn record(
     Ok(())
 }
 
+/// A manual adjustment made at a store (a ledger entry of an adjustment kind from a store,
+/// applied at the hub for the first time) goes into the log as the store's: user
+/// `store:<id>`, role `store`, at the entry's time. HQ's own adjustments are logged with the
+/// HQ user when they are made.
+pub fn record_store_adjustment(
+    conn: &Connection,
+    entry: &chainsync_core::ledger::LedgerEntry,
+) -> rusqlite::Result<()> {
+    use chainsync_core::ledger::EntryKind;
+    if !matches!(
+        entry.kind,
+        EntryKind::PointsAdjust | EntryKind::StoredValueAdjust
+    ) || entry.origin == chainsync_core::StoreId::hub()
+    {
+        return Ok(());
+    }
+    let user = User {
+        name: format!("store:{}", entry.origin),
+        role: "store".into(),
+        region: None,
+    };
+    let detail = serde_json::json!({
+        "account": chainsync_replica::project::account_name(entry.account),
+        "kind": entry.kind.as_str(),
+        "amount": entry.amount,
+        "reason": entry.reason,
+        "entry_id": entry.id,
+    });
+    record(
+        conn,
+        &user,
+        "adjustment",
+        &entry.member_id.to_string(),
+        &detail,
+        entry.hlc.wall_ms,
+    )
+}
+
 /// Newest first; `action` filters when given.
 pub fn list(
     conn: &Connection,

@@ -1724,6 +1724,11 @@ fn report_tables_are_built_for_an_older_database() {
 fn a_refund_before_its_sale_moves_to_the_sale_tier() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = hq_hub::db::open_writer(&dir.path().join("hub.db")).unwrap();
+    conn.execute(
+        "INSERT INTO stores (store_id, name, region, enrolled_ms) VALUES ('a', 'a', 'r', 0), ('b', 'b', 'r', 0)",
+        [],
+    )
+    .unwrap();
     let now = now_ms();
     let mut w = Writers {
         seq: HashMap::new(),
@@ -1812,4 +1817,41 @@ fn a_refund_before_its_sale_moves_to_the_sale_tier() {
         .query_row("SELECT spend_fen FROM report_members", [], |r| r.get(0))
         .unwrap();
     assert_eq!(spend, 600);
+
+    drop(s);
+    // A manual points adjustment made at store b is in the hub's audit log, once.
+    let adjustment = |seq: u64| Envelope {
+        origin: b.clone(),
+        seq,
+        hlc: HlcTimestamp {
+            wall_ms: (now - 500) as u64,
+            counter: 0,
+        },
+        op: Op::V1(OpV1::Ledger(LedgerEntry {
+            id: Uuid::from_u128(72),
+            origin: b.clone(),
+            seq,
+            hlc: HlcTimestamp {
+                wall_ms: (now - 500) as u64,
+                counter: 0,
+            },
+            member_id: member,
+            kind: EntryKind::PointsAdjust,
+            account: Account::Points,
+            amount: 50,
+            checkout_id: None,
+            reason: Some("birthday gift".into()),
+            rule_version: 1,
+        })),
+    };
+    hq_hub::storage::ingest(&mut conn, &b, &[adjustment(2)], now as u64).unwrap();
+    hq_hub::storage::ingest(&mut conn, &b, &[adjustment(2)], now as u64).unwrap();
+    let logged = hq_hub::audit::list(&conn, Some("adjustment"), 10).unwrap();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(
+        (logged[0].user.as_str(), logged[0].role.as_str()),
+        ("store:b", "store")
+    );
+    assert_eq!(logged[0].subject, member.to_string());
+    assert!(logged[0].detail.contains("birthday gift"));
 }

@@ -112,6 +112,7 @@ pub fn after_apply(conn: &Connection, envelope: &Envelope, before: Before) -> ru
     match &envelope.op {
         Op::V1(OpV1::Sale(sale)) => on_sale(conn, sale, envelope.origin.as_str()),
         Op::V1(OpV1::SaleRefund(refund)) => on_refund(conn, refund, envelope.origin.as_str()),
+        Op::V1(OpV1::Ledger(entry)) => crate::audit::record_store_adjustment(conn, entry),
         Op::V1(OpV1::MemberChange { member_id, .. }) => {
             let mut ids = before.members;
             let id = member_id.to_string();
