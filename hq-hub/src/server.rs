@@ -263,7 +263,7 @@ fn received_together(
 
 async fn flush(session: &mut HubSession, send: &mut quinn::SendStream) -> Result<(), SyncError> {
     while let Some(message) = session.poll_transmit() {
-        chainsync_net::frame::write_frame(send, &message.encode())
+        chainsync_net::frame::write_frame(send, &message.encode_for(session.peer_version()))
             .await
             .map_err(|e| SyncError::Protocol(format!("send failed: {e}")))?;
     }

@@ -332,7 +332,7 @@ struct SessionEnd {
 
 async fn flush(session: &mut StoreSession, send: &mut quinn::SendStream) -> Result<(), SyncError> {
     while let Some(message) = session.poll_transmit() {
-        chainsync_net::frame::write_frame(send, &message.encode())
+        chainsync_net::frame::write_frame(send, &message.encode_for(session.peer_version()))
             .await
             .map_err(|e| SyncError::Protocol(format!("send failed: {e}")))?;
     }

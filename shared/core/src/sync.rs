@@ -35,8 +35,9 @@ use std::collections::VecDeque;
 use crate::id::StoreId;
 use crate::op::{Envelope, Op, OpV1};
 
-/// The protocol version this build speaks.
-pub const protocol_version_current: u16 = 1;
+/// The protocol version this build speaks. 2: `Push` and `Relay` may travel as `Packed`
+/// (deflated), to a peer that said it speaks 2 or later.
+pub const protocol_version_current: u16 = 2;
 /// The oldest version the hub still serves (a hub serves stores one version older).
 pub const protocol_version_min: u16 = 1;
 
@@ -93,7 +94,15 @@ pub enum MessageV1 {
         request_id: u64,
         decision: AuthorizeDecision,
     },
+    /// Version 2: another message (never `Packed` itself), encoded then deflated. Only sent to
+    /// a peer that speaks version 2; decoding unpacks it (see [`Message::encode_for`]).
+    Packed {
+        deflated: Vec<u8>,
+    },
 }
+
+/// Messages smaller than this are never packed (deflate would save little).
+pub const packed_bytes_min: usize = 512;
 
 /// A spend of money-like values the store wants authorized online.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +153,8 @@ pub enum DecodeError {
     Malformed(#[from] postcard::Error),
     #[error("message is followed by {0} stray bytes")]
     TrailingBytes(usize),
+    #[error("packed message is malformed: {0}")]
+    Packed(String),
 }
 
 impl Message {
@@ -151,7 +162,62 @@ impl Message {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
+    /// Encode for a peer speaking `peer_version`: from version 2 on, a large `Push` or `Relay`
+    /// goes deflated inside `Packed` when that is smaller.
+    pub fn encode_for(&self, peer_version: u16) -> Vec<u8> {
+        let plain = self.encode();
+        let batch = matches!(
+            self,
+            Message::V1(MessageV1::Push { .. } | MessageV1::Relay { .. })
+        );
+        if peer_version < 2 || !batch || plain.len() < packed_bytes_min {
+            return plain;
+        }
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        // Writing into a Vec cannot fail.
+        if std::io::Write::write_all(&mut encoder, &plain).is_err() {
+            return plain;
+        }
+        let Ok(deflated) = encoder.finish() else {
+            return plain;
+        };
+        let packed = Message::V1(MessageV1::Packed { deflated }).encode();
+        if packed.len() < plain.len() {
+            packed
+        } else {
+            plain
+        }
+    }
+
+    /// Decode a message as received (unpacking a `Packed` one); its size is checked first,
+    /// and a packed message may not inflate past [`sync_message_bytes_max`].
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        match Self::decode_plain(bytes)? {
+            Message::V1(MessageV1::Packed { deflated }) => {
+                let mut inflated = Vec::new();
+                let limit = sync_message_bytes_max as u64 + 1;
+                let decoder = flate2::read::DeflateDecoder::new(deflated.as_slice());
+                std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit), &mut inflated)
+                    .map_err(|e| DecodeError::Packed(e.to_string()))?;
+                match Self::decode_plain(&inflated)? {
+                    Message::V1(MessageV1::Packed { .. }) => Err(DecodeError::Packed(
+                        "a packed message inside another".into(),
+                    )),
+                    message => Ok(message),
+                }
+            }
+            message => Ok(message),
+        }
+    }
+
+    /// Decode without unpacking (tests look at what travels).
+    #[cfg(test)]
+    pub(crate) fn decode_plain_for_tests(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Self::decode_plain(bytes)
+    }
+
+    fn decode_plain(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > sync_message_bytes_max {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),
@@ -286,6 +352,8 @@ pub struct StoreSession {
     push_window: Window,
     outbox: VecDeque<Message>,
     replies: VecDeque<(u64, AuthorizeDecision)>,
+    /// The version this session speaks: what we offered, then what the hub's Welcome said.
+    version: u16,
 }
 
 impl StoreSession {
@@ -294,8 +362,18 @@ impl StoreSession {
         side: &S,
         now_ms: u64,
     ) -> Result<StoreSession, SyncError> {
+        Self::speaking(protocol_version_current, store_id, side, now_ms)
+    }
+
+    /// A session offering protocol `version` (an older store, in tests of rolling upgrades).
+    pub fn speaking<S: StoreSide>(
+        version: u16,
+        store_id: StoreId,
+        side: &S,
+        now_ms: u64,
+    ) -> Result<StoreSession, SyncError> {
         let hello = MessageV1::Hello {
-            protocol_version: protocol_version_current,
+            protocol_version: version,
             store_id: store_id.clone(),
             own_seq_max: side.own_seq_max().map_err(storage)?,
             relay_cursor: side.relay_cursor().map_err(storage)?,
@@ -312,6 +390,7 @@ impl StoreSession {
             },
             outbox: VecDeque::from([Message::V1(hello)]),
             replies: VecDeque::new(),
+            version,
         })
     }
 
@@ -332,6 +411,11 @@ impl StoreSession {
         self.state == StoreSessionState::Ready
             && self.push_window.in_flight.is_empty()
             && self.outbox.is_empty()
+    }
+
+    /// The protocol version spoken with the hub (what to encode for).
+    pub fn peer_version(&self) -> u16 {
+        self.version
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
@@ -373,9 +457,10 @@ impl StoreSession {
                     log_head,
                 },
             ) => {
-                if !(protocol_version_min..=protocol_version_current).contains(&v) {
+                if !(protocol_version_min..=self.version).contains(&v) {
                     return Err(SyncError::Protocol(format!("hub speaks version {v}")));
                 }
+                self.version = v;
                 let own_seq_max = side.own_seq_max().map_err(storage)?;
                 if acked_seq > own_seq_max {
                     return Err(SyncError::Protocol(format!(
@@ -523,6 +608,8 @@ pub struct HubSession {
     /// What the store said it held at Hello (its own highest sequence, and when), until the
     /// hub holds all of it.
     catching_up: Option<(u64, u64)>,
+    /// The version the store offered in its Hello (1 until then).
+    version: u16,
 }
 
 impl HubSession {
@@ -539,6 +626,7 @@ impl HubSession {
             },
             outbox: VecDeque::new(),
             catching_up: None,
+            version: 1,
         }
     }
 
@@ -552,6 +640,11 @@ impl HubSession {
 
     pub fn relay_acked(&self) -> u64 {
         self.relay_acked
+    }
+
+    /// The protocol version the store speaks (what to encode for).
+    pub fn peer_version(&self) -> u16 {
+        self.version
     }
 
     pub fn poll_transmit(&mut self) -> Option<Message> {
@@ -689,6 +782,7 @@ impl HubSession {
                 let relay_cursor = relay_cursor.min(head);
                 let acked_seq = side.acked_seq(&self.store_id).map_err(storage)?;
                 self.state = HubSessionState::Ready;
+                self.version = v;
                 self.relay_sent = relay_cursor;
                 self.relay_acked = relay_cursor;
                 self.relay_window.last_progress_ms = now_ms;
@@ -827,6 +921,7 @@ fn message_name(message: &MessageV1) -> &'static str {
         MessageV1::Refused { .. } => "Refused",
         MessageV1::Authorize(_) => "Authorize",
         MessageV1::AuthorizeReply { .. } => "AuthorizeReply",
+        MessageV1::Packed { .. } => "Packed",
     }
 }
 

@@ -442,3 +442,109 @@ fn a_foreign_push_among_pushes_received_together_is_refused_and_nothing_of_it_ke
         0
     );
 }
+
+fn a_push_of(count: u64) -> Message {
+    let mut store = MemoryStore::new(store_id("a"));
+    write_entries(&mut store, count, 7);
+    Message::V1(MessageV1::Push {
+        ops: store.own_ops_after(0, count as usize).unwrap(),
+    })
+}
+
+#[test]
+fn batches_travel_deflated_to_a_peer_of_version_2_and_plain_to_version_1() {
+    let push = a_push_of(256);
+    let plain = push.encode();
+    assert_eq!(
+        push.encode_for(1),
+        plain,
+        "a version 1 peer gets what it knows"
+    );
+    let packed = push.encode_for(2);
+    assert!(
+        packed.len() * 2 < plain.len(),
+        "{} bytes packed, {} plain",
+        packed.len(),
+        plain.len()
+    );
+    assert!(matches!(
+        Message::decode_plain_for_tests(&packed),
+        Ok(Message::V1(MessageV1::Packed { .. }))
+    ));
+    assert_eq!(Message::decode(&packed).unwrap(), push);
+    // Small messages and acknowledgements are never packed.
+    let ack = Message::V1(MessageV1::PushAck { acked_seq: 9 });
+    assert_eq!(ack.encode_for(2), ack.encode());
+}
+
+#[test]
+fn a_packed_message_may_not_inflate_past_the_limit_nor_nest() {
+    use std::io::Write;
+    let deflate = |bytes: &[u8]| {
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    // A bomb: a few KiB that inflate past the largest message.
+    let bomb = Message::V1(MessageV1::Packed {
+        deflated: deflate(&vec![0u8; sync_message_bytes_max + 10]),
+    });
+    assert!(bomb.encode().len() < 64 * 1024);
+    assert!(matches!(
+        Message::decode(&bomb.encode()),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let inner = Message::V1(MessageV1::Packed {
+        deflated: deflate(&a_push_of(10).encode()),
+    });
+    let nested = Message::V1(MessageV1::Packed {
+        deflated: deflate(&inner.encode()),
+    });
+    assert!(matches!(
+        Message::decode(&nested.encode()),
+        Err(DecodeError::Packed(_))
+    ));
+    let garbage = Message::V1(MessageV1::Packed {
+        deflated: vec![0xff; 100],
+    });
+    assert!(Message::decode(&garbage.encode()).is_err());
+}
+
+#[test]
+fn a_hub_serves_a_store_one_version_older() {
+    let mut store = MemoryStore::new(store_id("old"));
+    write_entries(&mut store, 600, 3);
+    let mut hub = MemoryHub::default();
+    let mut store_session = StoreSession::speaking(
+        protocol_version_current - 1,
+        store.store_id.clone(),
+        &store,
+        0,
+    )
+    .unwrap();
+    let mut hub_session = HubSession::new(store.store_id.clone(), 0);
+    for _ in 0..20 {
+        while let Some(message) = store_session.poll_transmit() {
+            // What the old store sends is what an old build would send: plain.
+            let bytes = message.encode_for(store_session.peer_version());
+            hub_session
+                .handle_message(Message::decode(&bytes).unwrap(), &mut hub, 0)
+                .unwrap();
+        }
+        while let Some(message) = hub_session.poll_transmit() {
+            // The hub answers in the old version: nothing packed.
+            let bytes = message.encode_for(hub_session.peer_version());
+            assert!(!matches!(
+                Message::decode_plain_for_tests(&bytes),
+                Ok(Message::V1(MessageV1::Packed { .. }))
+            ));
+            store_session
+                .handle_message(Message::decode(&bytes).unwrap(), &mut store, 0)
+                .unwrap();
+        }
+    }
+    assert_eq!(hub_session.peer_version(), protocol_version_current - 1);
+    assert_eq!(store_session.peer_version(), protocol_version_current - 1);
+    assert_eq!(hub.acked_seq(&store.store_id).unwrap(), 600);
+}
