@@ -268,7 +268,16 @@ pub fn register_member(
     let envelope = local.emit(conn, now_ms, OpV1::MemberChange { member_id, change })?;
     let origin = envelope.origin.clone();
     project::project_member(conn, member_id, &mut doc, &origin, envelope.hlc.wall_ms)?;
-    Reply::new(201, &member_view(conn, local, member_id, now_ms)?)
+    let view = member_view(conn, local, member_id, now_ms)?;
+    crate::outbox::enqueue(
+        conn,
+        &format!("member_registered:{member_id}"),
+        "member_registered",
+        Some(member_id),
+        &serde_json::json!({"member_id": member_id, "name": view.name, "card_no": view.card_no}),
+        now_ms,
+    )?;
+    Reply::new(201, &view)
 }
 
 pub fn patch_member(
@@ -384,6 +393,14 @@ pub fn recharge(
         )?;
     }
     let balances = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    crate::outbox::enqueue(
+        conn,
+        &format!("recharge:{}", principal_entry.id),
+        "recharge",
+        Some(member_id),
+        &serde_json::json!({"entry_id": principal_entry.id, "amount_fen": amount.0, "bonus_fen": bonus.0}),
+        now_ms,
+    )?;
     Reply::new(
         201,
         &RechargeView {
@@ -752,6 +769,17 @@ pub fn checkout_as(
         let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
         view.balance_fen = Some(after.principal.0.saturating_add(after.bonus.0));
         view.points = Some(after.points);
+        crate::outbox::enqueue(
+            conn,
+            &format!("checkout:{sale_id}"),
+            "checkout",
+            Some(member_id),
+            &serde_json::json!({
+                "checkout_id": sale_id, "total_fen": view.total_fen,
+                "points_earned": view.points_earned, "points_used": view.points_used,
+            }),
+            now_ms,
+        )?;
     }
     Reply::new(201, &view)
 }

@@ -19,6 +19,10 @@ pub struct StoreConfig {
     /// HTTP listen address; `--listen` and `STORE_NODE_LISTEN` override it.
     #[serde(default = "default_listen_string")]
     pub listen: String,
+    /// Where outbox messages are POSTed (none: they wait in the outbox);
+    /// `STORE_NODE_WEBHOOK_URL` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 fn default_listen_string() -> String {

@@ -20,6 +20,7 @@ fn migrations() -> Migrations<'static> {
         M::up(sqlite::replica_schema_v3),
         M::up(crate::member_search::schema_v1),
         M::up(crate::member_search::backfill_v1),
+        M::up(crate::outbox::schema_v1),
     ])
 }
 

@@ -74,7 +74,7 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
-    fn require_manager(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_manager(&self) -> Result<(), ApiError> {
         if self.0.role == Role::Manager {
             Ok(())
         } else {
@@ -141,7 +141,9 @@ async fn healthz(State(app): State<AppState>) -> Json<Health> {
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::membership_http::MembershipDoc::openapi());
+    Json(doc)
 }
 
 #[utoipa::path(post, path = "/api/v1/members", request_body = NewMember,
@@ -577,6 +579,7 @@ pub fn router(app: AppState) -> Router {
             "/api/v1/member-search",
             get(crate::member_search::member_search),
         )
+        .merge(crate::membership_http::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(request_body_bytes_max))
         .with_state(app)

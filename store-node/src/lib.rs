@@ -14,6 +14,7 @@
 //! - [`sync_side`]: the store's side of the sync protocol over SQLite.
 //! - [`http`]: the axum router, auth, errors, idempotency, OpenAPI.
 //! - [`member_search`]: member search over a trigger-kept index.
+//! - [`outbox`]: messages for the webhook, queued with their event and sent with retries.
 //!
 //! Architecture invariant: every change to replicated state goes through an operation in the
 //! `ops` table, written in the same transaction as its projection.
@@ -24,6 +25,8 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod member_search;
+pub mod membership_http;
+pub mod outbox;
 pub mod sync_client;
 pub mod sync_side;
 pub mod writer;

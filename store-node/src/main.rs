@@ -54,6 +54,9 @@ enum Command {
         /// Address to listen on (overrides the config file).
         #[arg(long, env = "STORE_NODE_LISTEN")]
         listen: Option<String>,
+        /// Webhook for outbox messages (overrides `webhook_url` in the config file).
+        #[arg(long, env = "STORE_NODE_WEBHOOK_URL")]
+        webhook_url: Option<String>,
     },
     /// Show the store's identity and what it holds.
     Status {
@@ -101,7 +104,11 @@ fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve { data_dir, listen } => serve(data_dir, listen),
+        Command::Serve {
+            data_dir,
+            listen,
+            webhook_url,
+        } => serve(data_dir, listen, webhook_url),
         Command::Status { data_dir } => status(data_dir),
     }
 }
@@ -148,6 +155,7 @@ fn init(
         store_id: store_id.clone(),
         name: name.to_owned(),
         listen: config::default_listen.to_owned(),
+        webhook_url: None,
     };
     config.write_new(&data_dir)?;
     let conn = db::open_writer(&config::database_path(&data_dir))?;
@@ -197,9 +205,22 @@ fn status(data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+fn serve(
+    data_dir: PathBuf,
+    listen: Option<String>,
+    webhook_url: Option<String>,
+) -> anyhow::Result<()> {
     let config = StoreConfig::load(&data_dir)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
+    let webhook_url = webhook_url
+        .or_else(|| config.webhook_url.clone())
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty());
+    if let Some(url) = &webhook_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("webhook_url must start with http:// or https:// (got {url:?})");
+    }
     let database = config::database_path(&data_dir);
     let conn = db::open_writer(&database)?;
     chainsync_replica::node::checkpoint_in_background(&conn, &database)?;
@@ -241,6 +262,12 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         .as_ref()
         .map(|client| client.status.clone())
         .unwrap_or_else(store_node::sync_client::standalone_status);
+    let outbox_sender = webhook_url.map(|url| store_node::outbox::Sender {
+        url,
+        store_id: config.store_id.to_string(),
+        reads: reads.clone(),
+        writer: writer.clone(),
+    });
     let app = AppState {
         writer,
         reads,
@@ -254,6 +281,8 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         .build()?;
     let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
     runtime.block_on(async move {
+        let outbox_task =
+            outbox_sender.map(|sender| tokio::spawn(sender.run(sync_stopped.clone())));
         let sync_task = sync_client.map(|client| tokio::spawn(client.run(sync_stopped)));
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
@@ -267,6 +296,9 @@ fn serve(data_dir: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
             .context("HTTP server failed");
         let _ = stop_sync.send(true);
         if let Some(task) = sync_task {
+            let _ = task.await;
+        }
+        if let Some(task) = outbox_task {
             let _ = task.await;
         }
         served

@@ -17,6 +17,7 @@
 
 pub mod multi;
 pub mod sim;
+pub mod webhook;
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::VecDeque;
