@@ -267,11 +267,11 @@ impl SyncClient {
                                 .close_reason()
                                 .map(|r| r.to_string())
                                 .unwrap_or_else(|| "hub ended the stream".into());
-                            return Err(SyncError::Protocol(reason));
+                            return Err(SyncError::Closed(reason));
                         }
                         Some(Err(e)) => {
                             let reason = connection.close_reason().map(|r| r.to_string()).unwrap_or(e);
-                            return Err(SyncError::Protocol(reason));
+                            return Err(SyncError::Closed(reason));
                         }
                         Some(Ok(bytes)) => {
                             let message = Message::decode(&bytes)

@@ -248,6 +248,9 @@ pub enum SyncError {
     },
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The link ended (the peer closed it, or the network did).
+    #[error("link closed: {0}")]
+    Closed(String),
 }
 
 /// What a store's storage offers the sync session.
