@@ -180,6 +180,22 @@ pub fn login(
     password: &str,
     now_ms: u64,
 ) -> anyhow::Result<Option<(String, u64, User)>> {
+    match check_password(conn, name, password)? {
+        Some((id, user)) => {
+            let (token, expires_ms) = open_session(conn, id, now_ms)?;
+            Ok(Some((token, expires_ms, user)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The user id and user if the password is right (argon2: slow on purpose; run it on a
+/// reader, not while holding the writer).
+pub fn check_password(
+    conn: &Connection,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<Option<(i64, User)>> {
     if password.chars().count() > password_chars_max {
         return Ok(None);
     }
@@ -208,6 +224,11 @@ pub fn login(
     if !password_matches(&stored, password) {
         return Ok(None);
     }
+    Ok(Some((id, user)))
+}
+
+/// Open a login session for a user; returns its token and expiry.
+pub fn open_session(conn: &Connection, id: i64, now_ms: u64) -> anyhow::Result<(String, u64)> {
     let token = new_token()?;
     let expires_ms = now_ms.saturating_add(session_ttl_ms);
     conn.execute(
@@ -219,7 +240,7 @@ pub fn login(
          VALUES (?1, ?2, ?3, ?4)",
         (token_hash(&token), id, now_ms as i64, expires_ms as i64),
     )?;
-    Ok(Some((token, expires_ms, user)))
+    Ok((token, expires_ms))
 }
 
 /// argon2id of a throwaway password: verified against when a name is unknown.

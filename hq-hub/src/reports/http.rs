@@ -66,17 +66,24 @@ pub async fn login(
 ) -> Result<Json<SessionView>, ApiError> {
     let request: LoginRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))?;
+    let checked = hub
+        .reads
+        .run(move |conn| {
+            users::check_password(conn, &request.name, &request.password)
+                .map_err(ApiError::internal)
+        })
+        .await?;
+    let (id, user) = checked
+        .ok_or_else(|| ApiError::new(401, "unauthorized", "unknown user or wrong password"))?;
     let writer = hub.writer.clone();
-    let found = tokio::task::spawn_blocking(move || {
+    let (token, expires_ms) = tokio::task::spawn_blocking(move || {
         let conn = writer
             .lock()
             .map_err(|_| ApiError::internal("writer lock"))?;
-        users::login(&conn, &request.name, &request.password, now_ms()).map_err(ApiError::internal)
+        users::open_session(&conn, id, now_ms()).map_err(ApiError::internal)
     })
     .await
     .map_err(ApiError::internal)??;
-    let (token, expires_ms, user) = found
-        .ok_or_else(|| ApiError::new(401, "unauthorized", "unknown user or wrong password"))?;
     Ok(Json(SessionView {
         token,
         expires_ms,
