@@ -215,6 +215,12 @@ impl SyncServer {
         if counted_online {
             self.set_online(store, false);
         }
+        // Grants this store got whose spends have not arrived now wait for it to come back.
+        if let Err(e) = tokio::task::block_in_place(|| {
+            chainsync_core::sync::HubSide::store_disconnected(&mut side, store)
+        }) {
+            tracing::error!(%store, error = %e, "cannot keep the store's holds");
+        }
         let _ = send.finish();
         reader_task.abort();
         result

@@ -419,6 +419,19 @@ impl HubSide for SqliteHubSide {
         Ok(())
     }
 
+    fn store_disconnected(&mut self, store: &StoreId) -> Result<(), HubStorageError> {
+        let mut book = self
+            .reservations
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        let before = book.clone();
+        book.store_disconnected(store);
+        if *book != before {
+            save_book(&self.writer, &book)?;
+        }
+        Ok(())
+    }
+
     fn record_hello(&mut self, store: &StoreId, own_seq_max: u64) -> Result<(), HubStorageError> {
         let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
         conn.prepare_cached(
@@ -429,8 +442,15 @@ impl HubSide for SqliteHubSide {
     }
 }
 
-/// The reservation book as last saved (empty on a new hub).
+/// The reservation book as last saved (empty on a new hub), every hold waiting for its store
+/// (no store is connected to a hub that is starting).
 pub fn load_book(conn: &Connection) -> Result<ReservationBook, HubStorageError> {
+    let mut book = load_saved_book(conn)?;
+    book.all_stores_disconnected();
+    Ok(book)
+}
+
+fn load_saved_book(conn: &Connection) -> Result<ReservationBook, HubStorageError> {
     let body: Option<String> = conn
         .query_row(
             "SELECT body FROM reservation_book WHERE id = 1",

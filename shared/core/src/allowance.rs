@@ -139,9 +139,13 @@ impl OfflineSpend {
 ///
 /// A grant holds the amount (or the coupon) back from the chain-wide state until one of:
 /// - the spend arrives (the caller releases by checkout id);
-/// - the granting store has caught up (see [`ReservationBook::store_caught_up`]): everything
-///   it held when it said Hello, at least [`authorization_grace_ms`] after the grant, has
-///   arrived, and the spend was not among it, so the checkout was never written;
+/// - [`connected_hold_ms`] passed while the granting store stayed connected: a connected store
+///   pushes a checkout at once, so its spend is not coming (a retried or failed request, or an
+///   answer that came after the store had decided offline);
+/// - the store's link ended first ([`ReservationBook::store_disconnected`]): then the hold
+///   waits for the store to come back and catch up ([`ReservationBook::store_caught_up`]):
+///   everything it held when it said Hello, at least [`authorization_grace_ms`] after the
+///   grant, has arrived, and the spend was not among it, so the checkout was never written;
 /// - [`reservation_ttl_ms`] passed (a store that never comes back).
 ///
 /// A store cut off right after a grant therefore keeps its hold however long it is away. The
@@ -159,6 +163,8 @@ struct Reservation {
     request: SpendRequest,
     store: StoreId,
     granted_ms: u64,
+    /// The store's link ended after the grant: hold until it caught up.
+    awaiting_store: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +172,11 @@ struct CouponHold {
     checkout: Uuid,
     store: StoreId,
     granted_ms: u64,
+    awaiting_store: bool,
 }
+
+/// How long a grant holds while its store stays connected without the spend arriving.
+pub const connected_hold_ms: u64 = 120_000;
 
 /// The longest a grant holds money back when its store never comes back (30 days).
 pub const reservation_ttl_ms: u64 = 30 * 24 * 3_600_000;
@@ -231,6 +241,7 @@ impl ReservationBook {
                 request,
                 store: store.clone(),
                 granted_ms: now_ms,
+                awaiting_store: false,
             },
         );
         Decision::Granted
@@ -254,6 +265,7 @@ impl ReservationBook {
                         checkout,
                         store: store.clone(),
                         granted_ms: now_ms,
+                        awaiting_store: false,
                     },
                 );
                 true
@@ -284,10 +296,40 @@ impl ReservationBook {
         before - self.reservations.len() - self.coupon_holds.len()
     }
 
+    /// `store`'s link ended (or the hub restarted: call it for every store): its holds now
+    /// wait for it to come back and catch up, however long that takes.
+    pub fn store_disconnected(&mut self, store: &StoreId) {
+        for r in self.reservations.values_mut().filter(|r| r.store == *store) {
+            r.awaiting_store = true;
+        }
+        for hold in self.coupon_holds.values_mut().filter(|h| h.store == *store) {
+            hold.awaiting_store = true;
+        }
+    }
+
+    /// After a hub restart no store is connected: every hold waits for its store.
+    pub fn all_stores_disconnected(&mut self) {
+        for r in self.reservations.values_mut() {
+            r.awaiting_store = true;
+        }
+        for hold in self.coupon_holds.values_mut() {
+            hold.awaiting_store = true;
+        }
+    }
+
     pub fn expire(&mut self, now_ms: u64) {
-        let live = |granted_ms: u64| granted_ms.saturating_add(reservation_ttl_ms) > now_ms;
-        self.reservations.retain(|_, r| live(r.granted_ms));
-        self.coupon_holds.retain(|_, hold| live(hold.granted_ms));
+        let live = |granted_ms: u64, awaiting_store: bool| {
+            let lifetime = if awaiting_store {
+                reservation_ttl_ms
+            } else {
+                connected_hold_ms
+            };
+            granted_ms.saturating_add(lifetime) > now_ms
+        };
+        self.reservations
+            .retain(|_, r| live(r.granted_ms, r.awaiting_store));
+        self.coupon_holds
+            .retain(|_, hold| live(hold.granted_ms, hold.awaiting_store));
     }
 
     pub fn len(&self) -> usize {
@@ -406,6 +448,8 @@ mod tests {
             Decision::Granted
         );
         assert!(book.hold_coupon("C1", c1, &store(), 0));
+        // The store's link ends before its spend arrives.
+        book.store_disconnected(&store());
         // A day later (the store still away) the money and the coupon are still held.
         assert!(matches!(
             book.decide(c2, &other, member(1), spend, Fen(1_000), 0, day),
@@ -447,5 +491,59 @@ mod tests {
         let bytes = postcard::to_stdvec(&book).unwrap();
         let back: ReservationBook = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, book);
+    }
+
+    #[test]
+    fn a_grant_to_a_store_that_stays_connected_lapses_after_the_connected_hold() {
+        let mut book = ReservationBook::default();
+        let spend = SpendRequest {
+            stored_value: Fen(700),
+            points: 0,
+        };
+        let other = StoreId::parse("s2").unwrap();
+        let (c1, c2) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        // Granted, never written (a retried request); the store stays connected.
+        assert_eq!(
+            book.decide(c1, &store(), member(1), spend, Fen(1_000), 0, 0),
+            Decision::Granted
+        );
+        assert!(matches!(
+            book.decide(
+                c2,
+                &other,
+                member(1),
+                spend,
+                Fen(1_000),
+                0,
+                connected_hold_ms - 1
+            ),
+            Decision::Insufficient { .. }
+        ));
+        assert_eq!(
+            book.decide(
+                c2,
+                &other,
+                member(1),
+                spend,
+                Fen(1_000),
+                0,
+                connected_hold_ms
+            ),
+            Decision::Granted
+        );
+        // After a hub restart every hold waits for its store.
+        book.all_stores_disconnected();
+        assert!(matches!(
+            book.decide(
+                c1,
+                &store(),
+                member(1),
+                spend,
+                Fen(1_000),
+                0,
+                10 * connected_hold_ms
+            ),
+            Decision::Insufficient { .. }
+        ));
     }
 }

@@ -295,6 +295,10 @@ pub trait HubSide {
     /// grants it got before that Hello whose spends are still missing were never used
     /// ([`crate::allowance::ReservationBook::store_caught_up`]).
     fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), Self::Error>;
+    /// A session of `store` ended (the driver calls this when its transport closes): grants
+    /// whose spends are missing wait for the store to come back
+    /// ([`crate::allowance::ReservationBook::store_disconnected`]).
+    fn store_disconnected(&mut self, store: &StoreId) -> Result<(), Self::Error>;
     /// Decide a spend against the chain-wide state (and hold it back if granted).
     fn authorize(
         &mut self,

@@ -193,6 +193,11 @@ impl HubSide for MemoryHub {
         Ok(())
     }
 
+    fn store_disconnected(&mut self, store: &StoreId) -> Result<(), Infallible> {
+        self.reservations.store_disconnected(store);
+        Ok(())
+    }
+
     fn authorize(
         &mut self,
         store: &StoreId,

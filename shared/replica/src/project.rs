@@ -163,8 +163,10 @@ pub fn project_sale(
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO sales (id, member_id, origin, at_ms, total_fen, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        // A refund that arrived first is netted now (arrival order must not matter).
+        "INSERT OR IGNORE INTO sales (id, member_id, origin, at_ms, total_fen, body, refunded_fen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                 (SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE sale_id = ?1))",
     )?
     .execute(params![
         sale.id.to_string(),

@@ -625,6 +625,7 @@ impl HubNode {
     /// A hub crash: sessions are gone (the caller drops them). The reservation book is
     /// durable at the hub (written before a grant is answered), so it survives.
     pub fn crash(&mut self) {
+        self.mem.reservations.all_stores_disconnected();
         let last = self.mem.log.iter().map(|e| e.hlc).max().unwrap_or_default();
         self.hq_clock = Hlc::starting_after(last);
     }
@@ -730,6 +731,10 @@ impl HubSide for HubNode {
 
     fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), String> {
         self.mem.store_caught_up(store, hello_ms).map_err(never)
+    }
+
+    fn store_disconnected(&mut self, store: &StoreId) -> Result<(), String> {
+        self.mem.store_disconnected(store).map_err(never)
     }
 
     fn authorize(

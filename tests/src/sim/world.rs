@@ -500,6 +500,8 @@ impl World {
         if self.nodes[store].link.take().is_none() {
             return Ok(());
         }
+        let id = self.nodes[store].id.clone();
+        chainsync_core::sync::HubSide::store_disconnected(&mut self.hub, &id)?;
         self.log(|| format!("s{store}: session ends ({why})"));
         let pending = std::mem::take(&mut self.nodes[store].pending);
         for (_, pending) in pending {
