@@ -20,6 +20,7 @@ fn kind_of(text: &str) -> Option<EntryKind> {
         "points_adjust" => EntryKind::PointsAdjust,
         "points_reverse" => EntryKind::PointsReverse,
         "stored_value_adjust" => EntryKind::StoredValueAdjust,
+        "points_reward" => EntryKind::PointsReward,
         _ => return None,
     })
 }

@@ -118,7 +118,7 @@ impl Local {
     }
 
     /// Write one ledger movement for a member (as its own operation) and project it.
-    fn emit_entry(
+    pub(crate) fn emit_entry(
         &mut self,
         conn: &Connection,
         now_ms: u64,

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod engagement;
 pub mod http;
 pub mod member_search;
 pub mod membership_http;

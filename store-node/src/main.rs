@@ -268,6 +268,7 @@ fn serve(
         reads: reads.clone(),
         writer: writer.clone(),
     });
+    let daily_writer = writer.clone();
     let app = AppState {
         writer,
         reads,
@@ -283,6 +284,10 @@ fn serve(
     runtime.block_on(async move {
         let outbox_task =
             outbox_sender.map(|sender| tokio::spawn(sender.run(sync_stopped.clone())));
+        let daily_task = tokio::spawn(store_node::membership_http::daily_timer(
+            daily_writer,
+            sync_stopped.clone(),
+        ));
         let sync_task = sync_client.map(|client| tokio::spawn(client.run(sync_stopped)));
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
@@ -301,6 +306,7 @@ fn serve(
         if let Some(task) = outbox_task {
             let _ = task.await;
         }
+        let _ = daily_task.await;
         served
     })?;
     // The router (and with it every writer handle) is gone: the writer drains and stops.

@@ -1,11 +1,16 @@
 //! Membership-program routes: the outbox listing (and, beside it, engagement).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::routing::get;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::engagement::{self, CheckInView, DormantMember, EngagementRunView};
+use chainsync_replica::api::Reply;
+use chainsync_replica::views::ErrorBody;
 
 use crate::http::{AppState, Caller};
 use crate::outbox::{self, OutboxMessage};
@@ -26,8 +31,8 @@ pub struct OutboxList {
 }
 
 #[utoipa::path(get, path = "/api/v1/outbox", params(OutboxQuery),
-    responses((status = 200, body = OutboxList), (status = 403, body = chainsync_replica::views::ErrorBody),
-        (status = 422, body = chainsync_replica::views::ErrorBody)),
+    responses((status = 200, body = OutboxList), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_outbox(
     State(app): State<AppState>,
@@ -53,10 +58,105 @@ async fn list_outbox(
     Ok(Json(OutboxList { messages }))
 }
 
+#[utoipa::path(post, path = "/api/v1/members/{id}/check-ins", params(("id" = Uuid, Path)),
+    responses((status = 201, body = CheckInView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "already_checked_in")),
+    security(("bearer" = [])))]
+async fn check_in(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Reply, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())?;
+    app.writer
+        .submit(
+            None,
+            Box::new(move |conn, local, now| engagement::check_in(conn, local, id, now)),
+        )
+        .await
+}
+
+#[utoipa::path(post, path = "/api/v1/engagement/run",
+    responses((status = 200, body = EngagementRunView), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn run_engagement(State(app): State<AppState>, caller: Caller) -> Result<Reply, ApiError> {
+    caller.require_manager()?;
+    app.writer
+        .submit(None, Box::new(engagement::run_daily))
+        .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DormantQuery {
+    /// No checkout for this many days (default 30, 0 to 3650).
+    pub days: Option<u64>,
+    /// At most this many (default 100, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/members/dormant`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DormantList {
+    pub days: u64,
+    pub members: Vec<DormantMember>,
+}
+
+#[utoipa::path(get, path = "/api/v1/members/dormant", params(DormantQuery),
+    responses((status = 200, body = DormantList), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn dormant_members(
+    State(app): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<DormantQuery>, QueryRejection>,
+) -> Result<Json<DormantList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let days = query
+        .days
+        .unwrap_or(chainsync_core::engagement::dormant_days);
+    if days > 3650 {
+        return Err(ApiError::invalid_field("days must be from 0 to 3650"));
+    }
+    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let cutoff = crate::now_ms() as i64 - (days as i64) * 86_400_000;
+    let members = app
+        .reads
+        .run(move |conn| Ok(engagement::dormant(conn, cutoff, limit)?))
+        .await?;
+    Ok(Json(DormantList { days, members }))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(list_outbox))]
+#[openapi(paths(list_outbox, check_in, run_engagement, dormant_members))]
 pub struct MembershipDoc;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/outbox", get(list_outbox))
+    Router::new()
+        .route("/api/v1/outbox", get(list_outbox))
+        .route("/api/v1/members/{id}/check-ins", post(check_in))
+        .route("/api/v1/engagement/run", post(run_engagement))
+        .route("/api/v1/members/dormant", get(dormant_members))
+}
+
+/// Run the daily engagement check now and then every hour (it is idempotent) until `stop`.
+pub async fn daily_timer(
+    writer: crate::writer::Writer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if let Err(e) = writer
+            .submit_background(Box::new(engagement::run_daily))
+            .await
+        {
+            tracing::warn!(error = %e.message, "daily engagement check failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3_600)) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub enum EntryKind {
     PointsReverse,
     /// A manual stored-value correction by HQ (principal account, with a reason).
     StoredValueAdjust,
+    /// Points given by an engagement rule (check-in, streak, referral), with a reason.
+    PointsReward,
 }
 
 impl EntryKind {
@@ -56,6 +58,7 @@ impl EntryKind {
             EntryKind::PointsAdjust => "points_adjust",
             EntryKind::PointsReverse => "points_reverse",
             EntryKind::StoredValueAdjust => "stored_value_adjust",
+            EntryKind::PointsReward => "points_reward",
         }
     }
 }
@@ -105,7 +108,9 @@ impl LedgerEntry {
             RechargePrincipal => self.account == Principal,
             RechargeBonus => self.account == Bonus,
             Spend | Refund => stored_value,
-            PointsEarn | PointsRedeem | PointsAdjust | PointsReverse => self.account == Points,
+            PointsEarn | PointsRedeem | PointsAdjust | PointsReverse | PointsReward => {
+                self.account == Points
+            }
             StoredValueAdjust => self.account == Principal,
         };
         if !account_ok {
@@ -115,7 +120,7 @@ impl LedgerEntry {
             });
         }
         let (sign_ok, expected) = match self.kind {
-            RechargePrincipal | RechargeBonus | Refund | PointsEarn => {
+            RechargePrincipal | RechargeBonus | Refund | PointsEarn | PointsReward => {
                 (self.amount > 0, "positive")
             }
             Spend | PointsRedeem => (self.amount < 0, "negative"),

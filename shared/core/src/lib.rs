@@ -20,6 +20,7 @@
 
 pub mod allowance;
 pub mod checkout;
+pub mod engagement;
 pub mod exceptions;
 pub mod hlc;
 pub mod id;

@@ -91,7 +91,7 @@ impl Sign {
     }
 }
 
-const ALL_KINDS: [EntryKind; 9] = [
+const ALL_KINDS: [EntryKind; 10] = [
     EntryKind::RechargePrincipal,
     EntryKind::RechargeBonus,
     EntryKind::Spend,
@@ -101,13 +101,14 @@ const ALL_KINDS: [EntryKind; 9] = [
     EntryKind::PointsAdjust,
     EntryKind::PointsReverse,
     EntryKind::StoredValueAdjust,
+    EntryKind::PointsReward,
 ];
 
 const ALL_ACCOUNTS: [Account; 3] = [Account::Principal, Account::Bonus, Account::Points];
 
 /// Every (kind, account, sign) that `LedgerEntry::validate` accepts; checked against
 /// `validate` by `the_valid_shapes_are_exactly_those_validate_accepts`.
-const VALID_SHAPES: [(EntryKind, Account, Sign); 11] = [
+const VALID_SHAPES: [(EntryKind, Account, Sign); 12] = [
     (
         EntryKind::RechargePrincipal,
         Account::Principal,
@@ -127,6 +128,7 @@ const VALID_SHAPES: [(EntryKind, Account, Sign); 11] = [
         Account::Principal,
         Sign::NonZero,
     ),
+    (EntryKind::PointsReward, Account::Points, Sign::Positive),
 ];
 
 /// Fails to compile when a kind is added, so that `ALL_KINDS` and `VALID_SHAPES` get updated.
@@ -140,7 +142,8 @@ fn kind_is_listed(kind: EntryKind) -> bool {
         | EntryKind::PointsRedeem
         | EntryKind::PointsAdjust
         | EntryKind::PointsReverse
-        | EntryKind::StoredValueAdjust => ALL_KINDS.contains(&kind),
+        | EntryKind::StoredValueAdjust
+        | EntryKind::PointsReward => ALL_KINDS.contains(&kind),
     }
 }
 

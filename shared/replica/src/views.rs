@@ -97,7 +97,7 @@ pub struct LedgerEntryView {
     pub origin: String,
     pub seq: u64,
     /// recharge_principal | recharge_bonus | spend | refund | points_earn | points_redeem |
-    /// points_adjust | points_reverse
+    /// points_adjust | points_reverse | points_reward
     pub kind: String,
     /// principal | bonus | points
     pub account: String,
