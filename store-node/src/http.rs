@@ -311,7 +311,14 @@ async fn create_checkout(
     let request: NewCheckout = parse_json(&body)?;
     let idempotency = idempotency(&headers, "POST /api/v1/checkouts", &body)?;
     let checkout_id = new_checkout_id()?;
-    let authority = authorize(&app, &request, checkout_id).await?;
+    // A retry of a checkout already written is answered from the idempotency record by the
+    // writer: asking the hub again would only hold the member's money for nothing.
+    let authority = match &idempotency {
+        Some(idempotency) if already_answered(&app, &idempotency.key).await? => {
+            commands::Authority::Standalone
+        }
+        _ => authorize(&app, &request, checkout_id).await?,
+    };
     app.writer
         .submit(
             idempotency,
@@ -319,6 +326,21 @@ async fn create_checkout(
                 commands::checkout_as(conn, local, request, Some(checkout_id), authority, now)
             }),
         )
+        .await
+}
+
+/// Whether a request with this Idempotency-Key was already answered (and remembered).
+async fn already_answered(app: &AppState, key: &str) -> Result<bool, ApiError> {
+    let key = key.to_owned();
+    app.reads
+        .run(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*) > 0 FROM idempotency WHERE key = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .map_err(ApiError::from)
+        })
         .await
 }
 

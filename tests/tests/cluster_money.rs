@@ -331,3 +331,39 @@ fn a_sale_is_refunded_only_at_the_store_that_made_it() -> Result<()> {
     assert_eq!(member_at_b.1["balance_fen"], 10_000, "{member_at_b:?}");
     Ok(())
 }
+
+#[test]
+fn a_retried_checkout_holds_nothing_more_at_the_hub() -> Result<()> {
+    let Chain {
+        _dir,
+        hub,
+        a,
+        b,
+        member,
+    } = chain()?;
+    let body = json!({"member_id": member, "lines": [{"sku": "P1", "qty": 7}],
+                      "payments": [{"method": "stored_value", "amount_fen": 7_000}]});
+    let first = a.api.post(
+        "/api/v1/checkouts",
+        Some(&a.manager),
+        &body,
+        Some("till-1-0042"),
+    )?;
+    assert_eq!(first.0, 201, "{}", first.1);
+    // The till did not see the answer and sends the same request again.
+    let again = a.api.post(
+        "/api/v1/checkouts",
+        Some(&a.manager),
+        &body,
+        Some("till-1-0042"),
+    )?;
+    assert_eq!(again, first, "the retry gets the first answer");
+    wait_until("the sale at the hub", bounded, || {
+        converged(&hub, &[&a, &b])
+    })?;
+    // ¥30.00 is left; a retry that had asked the hub again would hold another ¥70.00.
+    let (status, rest) = checkout(&b, Some(&member), 3, "stored_value", &[], 3_000)?;
+    assert_eq!(status, 201, "{rest}");
+    assert_eq!(rest["balance_fen"], 0, "{rest}");
+    Ok(())
+}
