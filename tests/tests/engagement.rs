@@ -106,6 +106,16 @@ fn check_in_birthday_and_dormant_over_http() -> Result<()> {
     let (status, bad) = node.get("/api/v1/members/dormant?days=99999")?;
     assert_eq!(status, 422);
     assert_eq!(error_code(&bad), Some("invalid_field"));
+
+    // Automatic tags: none for a new member; a ¥5,000 purchase makes a big spender.
+    assert_eq!(node.member(&member)?["auto_tags"], json!([]));
+    node.add_product("BIG", "礼盒", 500_000)?;
+    node.checkout(&json!({
+        "member_id": member,
+        "lines": [{"sku": "BIG", "qty": 1}],
+        "payments": [{"method": "cash", "amount_fen": 500_000}],
+    }))?;
+    assert_eq!(node.member(&member)?["auto_tags"], json!(["big_spender"]));
     Ok(())
 }
 

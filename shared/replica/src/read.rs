@@ -120,6 +120,20 @@ pub fn spend_12m(conn: &Connection, id: Uuid, now_ms: u64) -> rusqlite::Result<F
     })
 }
 
+/// Times of a member's checkouts (with merged members) over the last 12 months, for the
+/// automatic tags.
+pub fn visits_12m(conn: &Connection, canonical: Uuid, now_ms: u64) -> rusqlite::Result<Vec<u64>> {
+    let since = now_ms.saturating_sub(tier_window_ms) as i64;
+    let mut statement = conn.prepare_cached(
+        "SELECT at_ms FROM sales WHERE at_ms >= ?2 AND member_id IN
+             (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)",
+    )?;
+    let rows = statement.query_map(params![canonical.to_string(), since], |row| {
+        row.get::<_, i64>(0)
+    })?;
+    rows.map(|at| at.map(|at| at.max(0) as u64)).collect()
+}
+
 fn member_from_row(
     conn: &Connection,
     row: &Row<'_>,
@@ -135,6 +149,19 @@ fn member_from_row(
     let (principal, bonus, points) = (balances.principal.0, balances.bonus.0, balances.points);
     let spend = spend_12m(conn, id, now_ms)?;
     let merged_from = member_group(conn, id)?.into_iter().skip(1).collect();
+    let activity = chainsync_core::engagement::Activity {
+        spend_12m_fen: spend.0,
+        visits_ms: visits_12m(conn, id, now_ms)?,
+        created_ms: created_ms.max(0) as u64,
+    };
+    let auto_tags = chainsync_core::engagement::auto_tags(
+        &activity,
+        now_ms,
+        chainsync_core::engagement::default_utc_offset_seconds,
+    )
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     Ok(MemberView {
         id,
         name: profile.name,
@@ -155,6 +182,7 @@ fn member_from_row(
         spend_12m_fen: spend.0,
         created_ms: created_ms.max(0) as u64,
         merged_from,
+        auto_tags,
     })
 }
 

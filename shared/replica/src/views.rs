@@ -40,6 +40,11 @@ pub struct MemberView {
     pub created_ms: u64,
     /// Members registered separately with the same phone and merged into this one.
     pub merged_from: Vec<Uuid>,
+    /// Computed when read (never stored): `dormant` (no checkout for 30 days), `big_spender`
+    /// (12-month spend ≥ ¥5,000), `weekend_shopper` (≥ 60 % of at least 3 visits in 12 months
+    /// on Saturday or Sunday, UTC+8).
+    #[serde(default)]
+    pub auto_tags: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
