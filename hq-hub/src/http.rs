@@ -49,8 +49,15 @@ impl Caller {
 }
 
 impl HubState {
+    /// HQ's newest rule set (the defaults until HQ sets one).
+    pub async fn current_rules(&self) -> Result<Rules, ApiError> {
+        self.reads
+            .run(|conn| Ok(chainsync_replica::program::rules(conn)?))
+            .await
+    }
+
     /// Write an HQ operation on a blocking thread and wake the sessions to relay it.
-    async fn author(&self, op: chainsync_core::op::OpV1) -> Result<(), ApiError> {
+    pub(crate) async fn author(&self, op: chainsync_core::op::OpV1) -> Result<(), ApiError> {
         let writer = self.writer.clone();
         let head = tokio::task::spawn_blocking(move || {
             let mut conn = writer
@@ -584,7 +591,6 @@ async fn search_members(
             members: Vec::new(),
         }));
     };
-    let rules = hub.rules.clone();
     // A regional manager's rows are filtered after the query: ask for the most rows.
     let asked = if caller.user.region_scope().is_some() {
         read::list_rows_max
@@ -593,7 +599,10 @@ async fn search_members(
     };
     let members = hub
         .reads
-        .run(move |conn| read::find_members(conn, &member_query, asked, &rules, now_ms()))
+        .run(move |conn| {
+            let rules = chainsync_replica::program::rules(conn)?;
+            read::find_members(conn, &member_query, asked, &rules, now_ms())
+        })
         .await?;
     let stores = store_regions(&hub).await?;
     let members = members
@@ -625,10 +634,12 @@ async fn get_member(
 
 /// The member, if it exists and the caller may see it (else `unknown_member`).
 async fn visible_member(hub: &HubState, caller: &Caller, id: Uuid) -> Result<MemberView, ApiError> {
-    let rules = hub.rules.clone();
     let member = hub
         .reads
-        .run(move |conn| read::member(conn, id, &rules, now_ms()))
+        .run(move |conn| {
+            let rules = chainsync_replica::program::rules(conn)?;
+            read::member(conn, id, &rules, now_ms())
+        })
         .await?
         .ok_or_else(ApiError::unknown_member)?;
     if caller.user.region_scope().is_some() {
@@ -706,7 +717,8 @@ async fn not_found() -> ApiError {
         resolve_exception, crate::reports::http::login, crate::reports::http::me,
         crate::reports::http::audit_log, crate::reports::http::adjust,
         crate::reports::http::member_search, crate::reports::http::segments,
-        crate::reports::http::segment_members, crate::reports::http::report),
+        crate::reports::http::segment_members, crate::reports::http::report,
+        crate::program::get_rules, crate::program::put_rules),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;
@@ -733,6 +745,7 @@ pub fn router(hub: HubState) -> Router {
             axum::routing::post(resolve_exception),
         )
         .merge(crate::reports::http::routes())
+        .merge(crate::program::routes())
         .fallback(not_found)
         .with_state(hub)
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod db;
 pub mod exceptions;
 pub mod http;
+pub mod program;
 pub mod reports;
 pub mod server;
 pub mod storage;

@@ -66,6 +66,14 @@ impl Local {
         })
     }
 
+    /// Take up the newest rule set this replica holds (HQ's, relayed), if it changed.
+    pub fn refresh_rules(&mut self, conn: &Connection) -> Result<(), ApiError> {
+        if chainsync_replica::program::rules_version(conn)? != self.rules.version {
+            self.rules = chainsync_replica::program::rules(conn)?;
+        }
+        Ok(())
+    }
+
     /// Highest sequence number given to one of our own operations.
     pub fn own_seq_max(&self) -> u64 {
         self.next_seq.saturating_sub(1)
@@ -268,6 +276,7 @@ pub fn register_member(
     let envelope = local.emit(conn, now_ms, OpV1::MemberChange { member_id, change })?;
     let origin = envelope.origin.clone();
     project::project_member(conn, member_id, &mut doc, &origin, envelope.hlc.wall_ms)?;
+    crate::program::signup_gifts(conn, local, member_id, now_ms)?;
     let view = member_view(conn, local, member_id, now_ms)?;
     crate::outbox::enqueue(
         conn,
@@ -365,6 +374,7 @@ pub fn recharge(
         .rules
         .recharge_bonus_for(amount)
         .map_err(|_| ApiError::invalid_amount("too large"))?;
+    crate::program::check_prepaid_cap(conn, &local.rules, member_id, amount, bonus)?;
     let reason = Some(format!("recharge ({method})"));
     let principal_entry = local.emit_entry(
         conn,

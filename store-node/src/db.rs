@@ -21,6 +21,7 @@ fn migrations() -> Migrations<'static> {
         M::up(crate::member_search::schema_v1),
         M::up(crate::member_search::backfill_v1),
         M::up(crate::outbox::schema_v1),
+        M::up(chainsync_replica::program::schema_v1),
     ])
 }
 

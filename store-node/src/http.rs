@@ -40,6 +40,15 @@ pub struct AppState {
     pub authorizer: Option<crate::sync_client::Authorizer>,
 }
 
+impl AppState {
+    /// The rule set this store holds now (HQ's newest that arrived, else the defaults).
+    pub async fn current_rules(&self) -> Result<Rules, ApiError> {
+        self.reads
+            .run(|conn| Ok(chainsync_replica::program::rules(conn)?))
+            .await
+    }
+}
+
 /// The authenticated caller.
 pub struct Caller(pub User);
 
@@ -92,7 +101,7 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 /// The request's `Idempotency-Key`, fingerprinted with its route and body.
-fn idempotency(
+pub fn idempotency(
     headers: &HeaderMap,
     route: &str,
     body: &Bytes,
@@ -179,10 +188,12 @@ async fn search_members(
             members: Vec::new(),
         }));
     };
-    let rules = app.rules.clone();
     let members = app
         .reads
-        .run(move |conn| read::find_members(conn, &member_query, limit, &rules, crate::now_ms()))
+        .run(move |conn| {
+            let rules = chainsync_replica::program::rules(conn)?;
+            read::find_members(conn, &member_query, limit, &rules, crate::now_ms())
+        })
         .await?;
     Ok(Json(MemberList { members }))
 }
@@ -195,9 +206,11 @@ async fn get_member(
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<MemberView>, ApiError> {
     let id = member_id(path)?;
-    let rules = app.rules.clone();
     app.reads
-        .run(move |conn| read::member(conn, id, &rules, crate::now_ms()))
+        .run(move |conn| {
+            let rules = chainsync_replica::program::rules(conn)?;
+            read::member(conn, id, &rules, crate::now_ms())
+        })
         .await?
         .map(Json)
         .ok_or_else(ApiError::unknown_member)
@@ -375,7 +388,11 @@ async fn authorize(
             });
         }
     }
-    let spend = commands::spend_of(&payments, app.rules.point_value_fen);
+    let point_value_fen = app
+        .reads
+        .run(|conn| Ok(chainsync_replica::program::rules(conn)?.point_value_fen))
+        .await?;
+    let spend = commands::spend_of(&payments, point_value_fen);
     let needs_member = request.member_id.is_some() && !spend.is_empty();
     if !needs_member && request.coupons.is_empty() {
         return Ok(commands::Authority::Online);
@@ -575,7 +592,8 @@ async fn not_found() -> ApiError {
     paths(healthz, create_member, search_members, get_member, patch_member, member_ledger,
         create_recharge, create_product, list_products, create_checkout, list_checkouts,
         get_checkout, create_refund, sync_status, sync_digest,
-        crate::member_search::member_search),
+        crate::member_search::member_search, crate::program::get_rules,
+        crate::program::create_points_adjustment),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -602,6 +620,7 @@ pub fn router(app: AppState) -> Router {
             get(crate::member_search::member_search),
         )
         .merge(crate::membership_http::routes())
+        .merge(crate::program::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(request_body_bytes_max))
         .with_state(app)

@@ -28,6 +28,7 @@ pub mod http;
 pub mod member_search;
 pub mod membership_http;
 pub mod outbox;
+pub mod program;
 pub mod sync_client;
 pub mod sync_side;
 pub mod writer;

@@ -391,7 +391,7 @@ pub async fn member_search(
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<SearchPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
-    let rules = app.rules.clone();
+    let rules = app.current_rules().await?;
     let now = crate::now_ms();
     app.reads
         .run(move |conn| search(conn, &query, &rules, now))

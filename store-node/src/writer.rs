@@ -244,6 +244,7 @@ fn execute(
             return Ok(Reply { status, body });
         }
     }
+    local.refresh_rules(conn)?;
     let reply = job(conn, local, now_ms)?;
     if let Some(idempotency) = idempotency {
         conn.execute(

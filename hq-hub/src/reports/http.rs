@@ -481,7 +481,7 @@ pub async fn member_search(
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let format = Format::parse(query.format.as_deref()).map_err(invalid)?;
     let user = caller.user.clone();
-    let rules = hub.rules.clone();
+    let rules = hub.current_rules().await?;
     if format == Format::Json {
         let table = hub
             .reads
@@ -733,7 +733,7 @@ pub async fn report(
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let format = Format::parse(query.format.as_deref()).map_err(invalid)?;
     let user = caller.user.clone();
-    let rules = hub.rules.clone();
+    let rules = hub.current_rules().await?;
     let report_name = name.clone();
     let table = hub
         .reads

@@ -49,6 +49,8 @@ pub enum OpV1 {
     CouponIssue(CouponRecord),
     /// A coupon used at a checkout. Two redemptions of one code are a double redemption.
     CouponRedeem(CouponRedemption),
+    /// HQ's membership rules (whole set); the highest version wins.
+    RulesSet(crate::rules::Rules),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -165,6 +167,7 @@ impl Op {
             Op::V1(OpV1::CouponTemplateUpsert(_)) => "coupon_template",
             Op::V1(OpV1::CouponIssue(_)) => "coupon_issue",
             Op::V1(OpV1::CouponRedeem(_)) => "coupon_redeem",
+            Op::V1(OpV1::RulesSet(_)) => "rules_set",
         }
     }
 }

@@ -1,7 +1,19 @@
-//! Membership rules: tiers, recharge bonus, points. Rules are data with a version; every entry
-//! records the version that produced it. HQ will set them (later issue); these are defaults.
+//! Membership rules: tiers, recharge bonus, points, prepaid cap, signup gifts. Rules are data
+//! with a version; every entry records the version that produced it.
+//!
+//! Where they live: HQ writes a whole rule set through the hub's API (`PUT /api/v1/rules`); the
+//! hub authors it as an `OpV1::RulesSet` operation (origin `hq`) that replicates to every
+//! store. The highest version wins everywhere, whatever the order of arrival; a store applies
+//! the version it holds (offline too) and stamps it on every entry it writes. Until HQ sets
+//! one, [`Rules::default`] (version 1) applies.
+//!
+//! Adding a rule type: add a field here (with its default in [`Rules::default`] and its check
+//! in [`Rules::validate`]), use it where the store decides (`store-node/src/commands.rs` or a
+//! module next to it), and add it to the hub's `PUT /api/v1/rules` body. Old rule sets are
+//! never reinterpreted: entries already written keep the version that produced them.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::money::{Fen, Overflow};
 
@@ -34,7 +46,31 @@ pub struct Rules {
     pub points_per_yuan: i64,
     /// Value of one point when paying, in 分 (1 = "100 points = ¥1").
     pub point_value_fen: i64,
+    /// Most stored value (principal + bonus) a member may hold: a recharge that would go past
+    /// it is refused (`prepaid_cap_exceeded`).
+    pub prepaid_cap: Fen,
+    /// Given on registration.
+    pub signup: SignupGift,
 }
+
+/// What a new member gets on registration (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignupGift {
+    /// Points credited (a `points_adjust` entry with reason "signup gift").
+    pub points: i64,
+    /// Stored value credited as bonus (a `recharge_bonus` entry; never refunded as cash).
+    pub stored_value: Fen,
+    /// A coupon of this template issued to the member.
+    pub coupon_template: Option<Uuid>,
+}
+
+/// Why a rule set is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRules(pub String);
+
+/// Largest number of tiers / recharge steps in a rule set.
+pub const tiers_max: usize = 16;
 
 /// How long "rolling 12 months" is, in ms (365 days).
 pub const tier_window_ms: u64 = 365 * 24 * 60 * 60 * 1000;
@@ -60,11 +96,69 @@ impl Default for Rules {
             }],
             points_per_yuan: 1,
             point_value_fen: 1,
+            prepaid_cap: Fen(500_000),
+            signup: SignupGift::default(),
         }
     }
 }
 
 impl Rules {
+    /// Check a rule set before HQ publishes it (and when one arrives).
+    pub fn validate(&self) -> Result<(), InvalidRules> {
+        let bad = |message: &str| Err(InvalidRules(message.to_owned()));
+        let money_max = crate::limits::amount_fen_max;
+        if self.tiers.is_empty() || self.tiers.len() > tiers_max {
+            return bad("tiers: 1 to 16 tiers");
+        }
+        if self.tiers[0].spend_threshold != Fen::ZERO {
+            return bad("tiers: the first tier starts at 0");
+        }
+        for (index, tier) in self.tiers.iter().enumerate() {
+            let name = tier.name.trim();
+            if name.is_empty() || name.chars().count() > 32 || name.chars().any(char::is_control) {
+                return bad("tiers: each name is 1 to 32 characters");
+            }
+            if !(0..=money_max).contains(&tier.spend_threshold.0) {
+                return bad("tiers: spend_threshold out of range");
+            }
+            if index > 0 && tier.spend_threshold <= self.tiers[index - 1].spend_threshold {
+                return bad("tiers: thresholds must go up strictly");
+            }
+            if !(0..=10_000).contains(&tier.discount_bp) {
+                return bad("tiers: discount_bp is 0 to 10000");
+            }
+            if !(0..=1_000).contains(&tier.points_multiplier_pct) {
+                return bad("tiers: points_multiplier_pct is 0 to 1000");
+            }
+        }
+        if self.recharge_bonus.len() > tiers_max {
+            return bad("recharge_bonus: at most 16 steps");
+        }
+        for step in &self.recharge_bonus {
+            if !(1..=money_max).contains(&step.min_amount.0)
+                || !(0..=10_000).contains(&step.bonus_bp)
+            {
+                return bad("recharge_bonus: min_amount 1.. and bonus_bp 0 to 10000");
+            }
+        }
+        if !(0..=100).contains(&self.points_per_yuan) {
+            return bad("points_per_yuan is 0 to 100");
+        }
+        if !(1..=100).contains(&self.point_value_fen) {
+            return bad("point_value_fen is 1 to 100");
+        }
+        if !(0..=money_max).contains(&self.prepaid_cap.0) {
+            return bad("prepaid_cap out of range");
+        }
+        if !(0..=1_000_000).contains(&self.signup.points) {
+            return bad("signup.points is 0 to 1000000");
+        }
+        if !(0..=self.prepaid_cap.0).contains(&self.signup.stored_value.0) {
+            return bad("signup.stored_value is 0 to the prepaid cap");
+        }
+        Ok(())
+    }
+
     /// The tier a member with this rolling 12-month spend is in.
     pub fn tier_for_spend(&self, spend: Fen) -> &Tier {
         self.tiers
@@ -124,6 +218,22 @@ mod tests {
         assert_eq!(rules.recharge_bonus_for(Fen(49_999)).unwrap(), Fen(0));
         assert_eq!(rules.recharge_bonus_for(Fen(50_000)).unwrap(), Fen(5_000));
         assert_eq!(rules.recharge_bonus_for(Fen(100_050)).unwrap(), Fen(10_005));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_sets_are_refused() {
+        let rules = Rules::default();
+        assert_eq!(rules.validate(), Ok(()));
+        assert_eq!(rules.prepaid_cap, Fen(500_000));
+        let mut unsorted = rules.clone();
+        unsorted.tiers.swap(1, 2);
+        assert!(unsorted.validate().is_err());
+        let mut no_base = rules.clone();
+        no_base.tiers.remove(0);
+        assert!(no_base.validate().is_err());
+        let mut zero_value = rules;
+        zero_value.point_value_fen = 0;
+        assert!(zero_value.validate().is_err());
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
         "SELECT id, member_id, total_fen, refunded_fen FROM sales ORDER BY id",
         4,
     )?;
+    feed(
+        "rules",
+        "SELECT version, body FROM rules_config ORDER BY id",
+        2,
+    )?;
     Ok(hex::encode(hasher.finalize()))
 }
 

@@ -9,6 +9,7 @@
 //! - [`views`]: the JSON shapes of the HTTP APIs.
 //! - [`node`]: logging, graceful shutdown, opening with migrations (both binaries).
 //! - [`api`]: the API error type and the reply of a write.
+//! - [`program`]: the membership program's state (HQ's rule set, count cards).
 //!
 //! Architecture invariant: a replica's queryable state is a pure function of the *set* of
 //! operations it holds, whatever order they arrived in.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod digest;
 pub mod node;
+pub mod program;
 pub mod project;
 pub mod read;
 pub mod sqlite;

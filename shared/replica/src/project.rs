@@ -28,7 +28,8 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::CouponRedeem(redemption)) => redemption.member_id,
         Op::V1(OpV1::ProductUpsert(_))
         | Op::V1(OpV1::AllowancePolicySet(_))
-        | Op::V1(OpV1::CouponTemplateUpsert(_)) => None,
+        | Op::V1(OpV1::CouponTemplateUpsert(_))
+        | Op::V1(OpV1::RulesSet(_)) => None,
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -305,6 +306,7 @@ pub fn apply_remote(
         Op::V1(OpV1::CouponRedeem(redemption)) => {
             project_redemption(conn, redemption, &envelope.origin)?
         }
+        Op::V1(OpV1::RulesSet(rules)) => crate::program::project_rules(conn, rules)?,
     }
     Ok(true)
 }

@@ -223,7 +223,7 @@ impl Projection {
                     .or_default()
                     .insert((redemption.id, envelope.origin.clone()));
             }
-            OpV1::ProductUpsert(_) => {}
+            OpV1::ProductUpsert(_) | OpV1::RulesSet(_) => {}
         }
         true
     }

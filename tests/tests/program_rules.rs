@@ -1,0 +1,150 @@
+//! Issue 5 item 1: membership rules as HQ-authored replicated configuration. HQ sets a rule set
+//! on the hub; stores apply the newest version they hold (also while cut off) and every entry
+//! records the version that produced it; prepaid cap, signup gifts, manual points adjustments.
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tests::multi::{Hub, Store, converged, wait_until};
+
+const bounded: Duration = Duration::from_secs(60);
+
+fn hub_put(hub: &Hub, path: &str, body: &Value) -> Result<(u16, Value)> {
+    hub.api.request(
+        "PUT",
+        path,
+        Some(&hub.token),
+        None,
+        Some(&body.to_string()),
+        None,
+    )
+}
+
+fn rules_version(store: &Store) -> Result<i64> {
+    let (status, rules) = store.get("/api/v1/rules")?;
+    anyhow::ensure!(status == 200, "GET rules: {status} {rules}");
+    rules["version"].as_i64().context("version")
+}
+
+fn online(store: &Store) -> Result<bool> {
+    Ok(store.sync_status()?["link"] == "online")
+}
+
+/// Rules version 2: gold from ¥100 with 10 % off, recharge ≥ ¥100 gives 20 %, cap ¥1,000,
+/// 50 signup points.
+fn rules_v2() -> Value {
+    json!({
+        "tiers": [
+            {"name": "普通", "spend_threshold_fen": 0, "discount_bp": 0, "points_multiplier_pct": 100},
+            {"name": "黄金", "spend_threshold_fen": 10_000, "discount_bp": 1_000, "points_multiplier_pct": 200}
+        ],
+        "recharge_bonus": [{"min_amount_fen": 10_000, "bonus_bp": 2_000}],
+        "points_per_yuan": 1,
+        "point_value_fen": 1,
+        "prepaid_cap_fen": 100_000,
+        "signup": {"points": 50}
+    })
+}
+
+#[test]
+fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut hub = Hub::start(dir.path())?;
+    let a = Store::start("ra", dir.path(), &hub.enroll("ra", dir.path())?)?;
+    let b = Store::start("rb", dir.path(), &hub.enroll("rb", dir.path())?)?;
+    assert_eq!(rules_version(&a)?, 1, "the defaults until HQ sets rules");
+    assert_eq!(hub.get("/api/v1/rules")?.1["prepaid_cap_fen"], 500_000);
+
+    // Bad rule sets change nothing.
+    let mut unsorted = rules_v2();
+    unsorted["tiers"][1]["spend_threshold_fen"] = json!(0);
+    let (status, refused) = hub_put(&hub, "/api/v1/rules", &unsorted)?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_rules"))
+    );
+    let (status, _) = hub_put(&hub, "/api/v1/rules", &json!({"tiers": []}))?;
+    assert_eq!(status, 400);
+
+    let (status, set) = hub_put(&hub, "/api/v1/rules", &rules_v2())?;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["version"], 2);
+    wait_until("rules v2 at both stores", bounded, || {
+        Ok(rules_version(&a)? == 2 && rules_version(&b)? == 2 && online(&a)? && online(&b)?)
+    })?;
+
+    // The hub goes away: store a applies the version it holds.
+    hub.kill9();
+    let member = a.ok(
+        "/api/v1/members",
+        &json!({"name": "钱七", "phone": "13900005555"}),
+    )?;
+    let id = member["id"].as_str().context("id")?.to_owned();
+    assert_eq!(member["points"], 50, "signup gift of rules v2: {member}");
+    let recharge = a.ok(
+        &format!("/api/v1/members/{id}/recharges"),
+        &json!({"amount_fen": 20_000}),
+    )?;
+    assert_eq!(recharge["bonus_fen"], 4_000, "20 % of rules v2: {recharge}");
+    // ¥240 held; ¥800 more (+ ¥160 bonus) would pass the ¥1,000 cap.
+    let (status, over) = a.post(
+        &format!("/api/v1/members/{id}/recharges"),
+        &json!({"amount_fen": 80_000}),
+    )?;
+    assert_eq!(
+        (status, over["error"]["code"].as_str()),
+        (422, Some("prepaid_cap_exceeded")),
+        "{over}"
+    );
+    // Manual adjustment: manager only, reason required.
+    let path = format!("/api/v1/members/{id}/points-adjustments");
+    let (status, _) = a.api.post(
+        &path,
+        Some(&a.cashier),
+        &json!({"points": 10, "reason": "补录"}),
+        None,
+    )?;
+    assert_eq!(status, 403);
+    let (status, _) = a.post(&path, &json!({"points": 10, "reason": " "}))?;
+    assert_eq!(status, 422);
+    let adjusted = a.ok(&path, &json!({"points": -20, "reason": "重复积分更正"}))?;
+    assert_eq!(adjusted["points_balance"], 30);
+    assert_eq!(adjusted["rule_version"], 2);
+
+    // Back together: everything converges, and every entry says rules v2 produced it.
+    hub.restart()?;
+    wait_until("converged after the hub is back", bounded, || {
+        converged(&hub, &[&a, &b])
+    })?;
+    let (status, ledger) = hub.get(&format!("/api/v1/members/{id}/ledger"))?;
+    assert_eq!(status, 200, "{ledger}");
+    let entries = ledger["entries"].as_array().context("entries")?;
+    assert_eq!(
+        entries.len(),
+        4,
+        "signup, principal, bonus, adjustment: {ledger}"
+    );
+    assert!(entries.iter().all(|e| e["rule_version"] == 2), "{ledger}");
+    let at_b = b.get(&format!("/api/v1/members/{id}"))?.1;
+    assert_eq!(at_b["balance_fen"], 24_000);
+    assert_eq!(at_b["points"], 30);
+
+    // A newer set wins everywhere; an older one arriving late would not replace it.
+    let mut v3 = rules_v2();
+    v3["prepaid_cap_fen"] = json!(30_000);
+    assert_eq!(hub_put(&hub, "/api/v1/rules", &v3)?.1["version"], 3);
+    wait_until("rules v3 at both stores", bounded, || {
+        Ok(rules_version(&a)? == 3 && rules_version(&b)? == 3)
+    })?;
+    let (status, over) = b.post(
+        &format!("/api/v1/members/{id}/recharges"),
+        &json!({"amount_fen": 10_000}),
+    )?;
+    assert_eq!(
+        (status, over["error"]["code"].as_str()),
+        (422, Some("prepaid_cap_exceeded")),
+        "{over}"
+    );
+    wait_until("converged on v3", bounded, || converged(&hub, &[&a, &b]))?;
+    Ok(())
+}
