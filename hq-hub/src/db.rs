@@ -19,6 +19,7 @@ fn migrations() -> Migrations<'static> {
         M::up(sqlite::replica_schema_v3),
         M::up(hub_schema_reservations),
         M::up(chainsync_replica::program::schema_v1),
+        M::up(chainsync_replica::program::schema_v2),
     ])
 }
 

@@ -150,10 +150,42 @@ pub fn refresh_coupon(conn: &Connection, code: &str, now_ms: u64) -> rusqlite::R
     Ok(())
 }
 
+/// Re-check a count card and record an overuse (more live uses than the card has).
+pub fn refresh_count_card(conn: &Connection, card: Uuid, now_ms: u64) -> rusqlite::Result<()> {
+    let found: Option<(String, u32)> = conn
+        .prepare_cached("SELECT member_id, uses FROM count_cards WHERE id = ?1")?
+        .query_row([card.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((member, uses)) = found else {
+        return Ok(());
+    };
+    let Ok(member) = Uuid::parse_str(&member) else {
+        return Ok(());
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT id, origin FROM count_card_uses u WHERE card_id = ?1
+            AND NOT EXISTS (SELECT 1 FROM count_card_use_reversals r WHERE r.use_id = u.id)",
+    )?;
+    let rows = statement.query_map([card.to_string()], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut live = Vec::new();
+    for row in rows {
+        let (id, origin) = row?;
+        if let (Ok(id), Ok(origin)) = (Uuid::parse_str(&id), StoreId::parse(&origin)) {
+            live.push((id, origin));
+        }
+    }
+    if let Some(finding) = chainsync_core::count_card::overuse_finding(card, member, uses, &live) {
+        upsert(conn, &card.to_string(), &finding, now_ms)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExceptionView {
     pub id: i64,
-    /// negative_balance | negative_points | double_redemption
+    /// negative_balance | negative_points | double_redemption | count_card_overuse
     pub kind: String,
     pub member_id: Option<String>,
     pub coupon_code: Option<String>,

@@ -718,7 +718,9 @@ async fn not_found() -> ApiError {
         crate::reports::http::audit_log, crate::reports::http::adjust,
         crate::reports::http::member_search, crate::reports::http::segments,
         crate::reports::http::segment_members, crate::reports::http::report,
-        crate::program::get_rules, crate::program::put_rules),
+        crate::program::get_rules, crate::program::put_rules,
+        crate::program::create_count_card_template, crate::program::list_count_card_templates,
+        crate::program::list_member_count_cards),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;

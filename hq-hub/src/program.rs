@@ -1,13 +1,21 @@
 //! HQ's side of the membership program: the rule set (authored here as `RulesSet`, origin
 //! `hq`, highest version wins) and count-card templates.
 
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use chainsync_core::count_card::{self, CountCardTemplate};
 use chainsync_core::op::OpV1;
 use chainsync_replica::api::ApiError;
-use chainsync_replica::program::RulesView;
+use chainsync_replica::program::{
+    self, CountCardList, CountCardTemplateList, CountCardTemplateView, RulesView,
+};
 use chainsync_replica::views::ErrorBody;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::http::{Caller, HubState};
 
@@ -49,5 +57,141 @@ pub async fn put_rules(
 
 /// The program's routes (merged into the hub's router).
 pub fn routes() -> Router<HubState> {
-    Router::new().route("/api/v1/rules", get(get_rules).put(put_rules))
+    Router::new()
+        .route("/api/v1/rules", get(get_rules).put(put_rules))
+        .route(
+            "/api/v1/count-card-templates",
+            get(list_count_card_templates).post(create_count_card_template),
+        )
+        .route(
+            "/api/v1/members/{id}/count-cards",
+            get(list_member_count_cards),
+        )
+}
+
+/// `POST /api/v1/count-card-templates`: create (no `id`) or replace (with `id`) a template.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCountCardTemplate {
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub service: String,
+    pub uses: u32,
+    pub price_fen: i64,
+    pub validity_days: u32,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn text(value: &str, what: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > 64 || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(format!(
+            "{what} must be 1 to 64 characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+#[utoipa::path(post, path = "/api/v1/count-card-templates", request_body = NewCountCardTemplate,
+    responses((status = 201, body = CountCardTemplateView), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_count_card_template(
+    State(hub): State<HubState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CountCardTemplateView>), ApiError> {
+    caller.require_operator()?;
+    let request: NewCountCardTemplate = parse_body(&body)?;
+    let name = text(&request.name, "name")?;
+    let service = text(&request.service, "service")?;
+    if !(1..=count_card::uses_max).contains(&request.uses) {
+        return Err(ApiError::invalid_field(format!(
+            "uses must be 1 to {}",
+            count_card::uses_max
+        )));
+    }
+    if !(1..=count_card::validity_days_max).contains(&request.validity_days) {
+        return Err(ApiError::invalid_field(format!(
+            "validity_days must be 1 to {}",
+            count_card::validity_days_max
+        )));
+    }
+    if !(0..=chainsync_core::limits::amount_fen_max).contains(&request.price_fen) {
+        return Err(ApiError::invalid_amount("price_fen out of range"));
+    }
+    let id = match request.id {
+        Some(id) => id,
+        None => {
+            let mut random = [0u8; 10];
+            getrandom::fill(&mut random).map_err(ApiError::internal)?;
+            uuid::Builder::from_unix_timestamp_millis(crate::now_ms(), &random).into_uuid()
+        }
+    };
+    let template = CountCardTemplate {
+        id,
+        name,
+        service,
+        uses: request.uses,
+        price: chainsync_core::Fen(request.price_fen),
+        validity_days: request.validity_days,
+        active: request.active,
+    };
+    hub.author(OpV1::CountCardTemplateUpsert(template.clone()))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CountCardTemplateView {
+            id,
+            name: template.name,
+            service: template.service,
+            uses: template.uses,
+            price_fen: template.price.0,
+            validity_days: template.validity_days,
+            active: template.active,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/count-card-templates",
+    responses((status = 200, body = CountCardTemplateList)), security(("bearer" = [])))]
+pub async fn list_count_card_templates(
+    State(hub): State<HubState>,
+    _caller: Caller,
+) -> Result<Json<CountCardTemplateList>, ApiError> {
+    let templates = hub
+        .reads
+        .run(|conn| Ok(program::count_card_templates(conn)?))
+        .await?;
+    Ok(Json(CountCardTemplateList { templates }))
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}/count-cards", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CountCardList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_member_count_cards(
+    State(hub): State<HubState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<CountCardList>, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())?;
+    let count_cards = hub
+        .reads
+        .run(move |conn| {
+            let canonical = chainsync_replica::read::canonical_member(conn, id)?
+                .ok_or_else(ApiError::unknown_member)?;
+            Ok(program::member_count_cards(
+                conn,
+                canonical,
+                crate::now_ms(),
+            )?)
+        })
+        .await?;
+    Ok(Json(CountCardList { count_cards }))
 }

@@ -62,6 +62,7 @@ pub struct Touched {
     pub members: BTreeSet<Uuid>,
     pub coupons: BTreeSet<String>,
     pub checkouts: BTreeSet<Uuid>,
+    pub count_cards: BTreeSet<Uuid>,
 }
 
 impl Touched {
@@ -80,6 +81,12 @@ impl Touched {
             Op::V1(OpV1::Sale(sale)) => {
                 self.checkouts.insert(sale.id);
             }
+            Op::V1(OpV1::CountCardUse(card_use)) => {
+                self.count_cards.insert(card_use.card_id);
+            }
+            Op::V1(OpV1::CountCardPurchase(card)) => {
+                self.count_cards.insert(card.id);
+            }
             // A merge can put a group below zero.
             Op::V1(OpV1::MemberChange { member_id, .. }) => {
                 self.members.insert(*member_id);
@@ -95,6 +102,9 @@ impl Touched {
         }
         for code in &self.coupons {
             crate::exceptions::refresh_coupon(conn, code, now_ms)?;
+        }
+        for card in &self.count_cards {
+            crate::exceptions::refresh_count_card(conn, *card, now_ms)?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ fn migrations() -> Migrations<'static> {
         M::up(crate::member_search::backfill_v1),
         M::up(crate::outbox::schema_v1),
         M::up(chainsync_replica::program::schema_v1),
+        M::up(chainsync_replica::program::schema_v2),
     ])
 }
 

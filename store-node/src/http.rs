@@ -593,7 +593,10 @@ async fn not_found() -> ApiError {
         create_recharge, create_product, list_products, create_checkout, list_checkouts,
         get_checkout, create_refund, sync_status, sync_digest,
         crate::member_search::member_search, crate::program::get_rules,
-        crate::program::create_points_adjustment),
+        crate::program::create_points_adjustment, crate::program::list_count_card_templates,
+        crate::program::create_count_card, crate::program::list_member_count_cards,
+        crate::program::get_count_card, crate::program::create_count_card_use,
+        crate::program::create_use_reversal),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -8,15 +8,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chainsync_core::checkout::Movement;
+use chainsync_core::count_card::{
+    self, CountCardError, CountCardPurchase, CountCardUse, CountCardUseReversal,
+};
 use chainsync_core::ledger::{Account, EntryKind};
 use chainsync_core::op::{CouponRecord, OpV1};
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, limits};
 use chainsync_replica::api::{ApiError, Reply};
-use chainsync_replica::program::RulesView;
+use chainsync_replica::program::{
+    self, CountCardList, CountCardTemplateList, CountCardView, RulesView,
+};
 use chainsync_replica::views::ErrorBody;
 use chainsync_replica::{project, read};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -219,8 +224,352 @@ pub async fn create_points_adjustment(
 
 /// The program's routes (merged into the store's router).
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/rules", get(get_rules)).route(
-        "/api/v1/members/{id}/points-adjustments",
-        post(create_points_adjustment),
+    Router::new()
+        .route("/api/v1/rules", get(get_rules))
+        .route(
+            "/api/v1/members/{id}/points-adjustments",
+            post(create_points_adjustment),
+        )
+        .route(
+            "/api/v1/count-card-templates",
+            get(list_count_card_templates),
+        )
+        .route(
+            "/api/v1/members/{id}/count-cards",
+            post(create_count_card).get(list_member_count_cards),
+        )
+        .route("/api/v1/count-cards/{id}", get(get_count_card))
+        .route("/api/v1/count-cards/{id}/uses", post(create_count_card_use))
+        .route(
+            "/api/v1/count-card-uses/{id}/reversals",
+            post(create_use_reversal),
+        )
+}
+
+// ---- Count cards ----
+
+/// `POST /api/v1/members/{id}/count-cards`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCountCard {
+    pub template_id: Uuid,
+    /// How the price is paid: `cash` (default) or `external`.
+    pub method: Option<String>,
+}
+
+/// `POST /api/v1/count-cards/{id}/uses`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCountCardUse {
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardUseReply {
+    /// The use written.
+    pub use_id: Uuid,
+    /// The card after it.
+    pub card: CountCardView,
+}
+
+fn unknown_card() -> ApiError {
+    ApiError::new(404, "unknown_count_card", "no count card with this id")
+}
+
+fn clean_note(note: Option<String>, what: &str) -> Result<Option<String>, ApiError> {
+    let note = note.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    if note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_field(format!(
+            "{what} is at most 200 characters"
+        )));
+    }
+    Ok(note)
+}
+
+pub fn buy_count_card(
+    conn: &Connection,
+    local: &mut Local,
+    member_id: Uuid,
+    request: NewCountCard,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    let method = request.method.as_deref().unwrap_or("cash").to_owned();
+    if !matches!(method.as_str(), "cash" | "external") {
+        return Err(ApiError::invalid_field("method must be cash or external"));
+    }
+    let member_id =
+        read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    let template = program::count_card_template(conn, request.template_id)?
+        .filter(|t| t.active)
+        .ok_or_else(|| {
+            ApiError::new(
+                422,
+                "unknown_count_card_template",
+                "no active count-card template with this id (HQ creates them)",
+            )
+        })?;
+    let card = CountCardPurchase {
+        id: local.new_id(now_ms)?,
+        template_id: template.id,
+        member_id,
+        name: template.name,
+        service: template.service,
+        uses: template.uses,
+        price: Fen(template.price_fen),
+        method,
+        at_ms: now_ms,
+        expires_ms: count_card::expiry(now_ms, template.validity_days),
+        rule_version: local.rules.version,
+    };
+    let envelope = local.emit(conn, now_ms, OpV1::CountCardPurchase(card.clone()))?;
+    program::project_count_card_purchase(conn, &card, &envelope.origin)?;
+    let view = program::count_card(conn, card.id, now_ms)?.ok_or_else(unknown_card)?;
+    Reply::new(201, &view)
+}
+
+pub fn use_count_card(
+    conn: &Connection,
+    local: &mut Local,
+    card_id: Uuid,
+    request: NewCountCardUse,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    let note = clean_note(request.note, "note")?;
+    let card = program::count_card(conn, card_id, now_ms)?.ok_or_else(unknown_card)?;
+    count_card::check_use(card.uses, card.used, 0, card.expires_ms, now_ms).map_err(
+        |e| match e {
+            CountCardError::UsedUp { .. } => {
+                ApiError::new(409, "count_card_used_up", e.to_string())
+            }
+            CountCardError::Expired { .. } => {
+                ApiError::new(422, "count_card_expired", e.to_string())
+            }
+        },
+    )?;
+    let card_use = CountCardUse {
+        id: local.new_id(now_ms)?,
+        card_id,
+        member_id: card.member_id,
+        at_ms: now_ms,
+        note,
+    };
+    let envelope = local.emit(conn, now_ms, OpV1::CountCardUse(card_use.clone()))?;
+    program::project_count_card_use(conn, &card_use, &envelope.origin)?;
+    let card = program::count_card(conn, card_id, now_ms)?.ok_or_else(unknown_card)?;
+    Reply::new(
+        201,
+        &CountCardUseReply {
+            use_id: card_use.id,
+            card,
+        },
     )
+}
+
+/// `POST /api/v1/count-card-uses/{id}/reversals`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUseReversal {
+    pub reason: Option<String>,
+}
+
+/// Give one use back (a refund of a visit). A use is given back at most once.
+pub fn reverse_count_card_use(
+    conn: &Connection,
+    local: &mut Local,
+    use_id: Uuid,
+    request: NewUseReversal,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    let reason = clean_note(request.reason, "reason")?;
+    let found: Option<(String, String)> = conn
+        .query_row(
+            "SELECT card_id, member_id FROM count_card_uses WHERE id = ?1",
+            [use_id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let (card_id, member_id) = found
+        .and_then(|(c, m)| Some((Uuid::parse_str(&c).ok()?, Uuid::parse_str(&m).ok()?)))
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "unknown_count_card_use",
+                "no count-card use with this id",
+            )
+        })?;
+    let reversed: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM count_card_use_reversals WHERE use_id = ?1",
+        [use_id.to_string()],
+        |row| row.get(0),
+    )?;
+    if reversed {
+        return Err(ApiError::new(
+            409,
+            "already_reversed",
+            "this use was already given back",
+        ));
+    }
+    let reversal = CountCardUseReversal {
+        id: local.new_id(now_ms)?,
+        use_id,
+        card_id,
+        member_id,
+        reason,
+        at_ms: now_ms,
+    };
+    let envelope = local.emit(conn, now_ms, OpV1::CountCardUseReversal(reversal.clone()))?;
+    program::project_count_card_reversal(conn, &reversal, &envelope.origin)?;
+    let card = program::count_card(conn, card_id, now_ms)?.ok_or_else(unknown_card)?;
+    Reply::new(201, &card)
+}
+
+#[utoipa::path(get, path = "/api/v1/count-card-templates",
+    responses((status = 200, body = CountCardTemplateList)), security(("bearer" = [])))]
+pub async fn list_count_card_templates(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<CountCardTemplateList>, ApiError> {
+    let templates = app
+        .reads
+        .run(|conn| Ok(program::count_card_templates(conn)?))
+        .await?;
+    Ok(Json(CountCardTemplateList { templates }))
+}
+
+#[utoipa::path(post, path = "/api/v1/members/{id}/count-cards", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewCountCard,
+    responses((status = 201, body = CountCardView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_count_card(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let id = path_id(path)?;
+    let request: NewCountCard = parse_json(&body)?;
+    let idempotency = crate::http::idempotency(
+        &headers,
+        &format!("POST /api/v1/members/{id}/count-cards"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| buy_count_card(conn, local, id, request, now)),
+        )
+        .await
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}/count-cards", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CountCardList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_member_count_cards(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<CountCardList>, ApiError> {
+    let id = path_id(path)?;
+    let count_cards = app
+        .reads
+        .run(move |conn| {
+            let canonical =
+                read::canonical_member(conn, id)?.ok_or_else(ApiError::unknown_member)?;
+            Ok(program::member_count_cards(
+                conn,
+                canonical,
+                crate::now_ms(),
+            )?)
+        })
+        .await?;
+    Ok(Json(CountCardList { count_cards }))
+}
+
+#[utoipa::path(get, path = "/api/v1/count-cards/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CountCardView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_count_card(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<CountCardView>, ApiError> {
+    let id = path.map(|Path(id)| id).map_err(|_| unknown_card())?;
+    app.reads
+        .run(move |conn| program::count_card(conn, id, crate::now_ms())?.ok_or_else(unknown_card))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(post, path = "/api/v1/count-cards/{id}/uses", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewCountCardUse,
+    responses((status = 201, body = CountCardUseReply), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_count_card_use(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let id = path.map(|Path(id)| id).map_err(|_| unknown_card())?;
+    let request: NewCountCardUse = if body.iter().all(u8::is_ascii_whitespace) {
+        NewCountCardUse::default()
+    } else {
+        parse_json(&body)?
+    };
+    let idempotency = crate::http::idempotency(
+        &headers,
+        &format!("POST /api/v1/count-cards/{id}/uses"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| use_count_card(conn, local, id, request, now)),
+        )
+        .await
+}
+
+#[utoipa::path(post, path = "/api/v1/count-card-uses/{id}/reversals", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewUseReversal,
+    responses((status = 201, body = CountCardView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_use_reversal(
+    State(app): State<AppState>,
+    caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    caller.require_manager()?;
+    let id = path.map(|Path(id)| id).map_err(|_| {
+        ApiError::new(
+            404,
+            "unknown_count_card_use",
+            "no count-card use with this id",
+        )
+    })?;
+    let request: NewUseReversal = if body.iter().all(u8::is_ascii_whitespace) {
+        NewUseReversal::default()
+    } else {
+        parse_json(&body)?
+    };
+    let idempotency = crate::http::idempotency(
+        &headers,
+        &format!("POST /api/v1/count-card-uses/{id}/reversals"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| reverse_count_card_use(conn, local, id, request, now)),
+        )
+        .await
 }

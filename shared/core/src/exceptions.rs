@@ -19,6 +19,8 @@ pub enum ExceptionKind {
     NegativePoints,
     /// One coupon code was redeemed more than once.
     DoubleRedemption,
+    /// A count card was used more times than it has (uses taken at stores apart).
+    CountCardOveruse,
 }
 
 impl ExceptionKind {
@@ -27,6 +29,7 @@ impl ExceptionKind {
             ExceptionKind::NegativeBalance => "negative_balance",
             ExceptionKind::NegativePoints => "negative_points",
             ExceptionKind::DoubleRedemption => "double_redemption",
+            ExceptionKind::CountCardOveruse => "count_card_overuse",
         }
     }
 }

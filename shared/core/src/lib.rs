@@ -9,6 +9,7 @@
 //! - [`member`]: member profiles as automerge documents, phone normalization.
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
 //! - [`allowance`]: offline spending limits and the hub's book of online grants.
+//! - [`count_card`]: count cards (templates, purchases, uses) and their overuse exception.
 //! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
 //! - [`op`]: the replicated operations (versioned) that every local write produces.
 //! - [`sync`]: the store ↔ hub sync protocol as two sans-IO state machines.
@@ -20,6 +21,7 @@
 
 pub mod allowance;
 pub mod checkout;
+pub mod count_card;
 pub mod engagement;
 pub mod exceptions;
 pub mod hlc;

@@ -51,6 +51,14 @@ pub enum OpV1 {
     CouponRedeem(CouponRedemption),
     /// HQ's membership rules (whole set); the highest version wins.
     RulesSet(crate::rules::Rules),
+    /// A count-card template created or changed (HQ); last writer wins.
+    CountCardTemplateUpsert(crate::count_card::CountCardTemplate),
+    /// A count card bought by a member.
+    CountCardPurchase(crate::count_card::CountCardPurchase),
+    /// One use of a count card.
+    CountCardUse(crate::count_card::CountCardUse),
+    /// A count-card use given back (refund).
+    CountCardUseReversal(crate::count_card::CountCardUseReversal),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -168,6 +176,10 @@ impl Op {
             Op::V1(OpV1::CouponIssue(_)) => "coupon_issue",
             Op::V1(OpV1::CouponRedeem(_)) => "coupon_redeem",
             Op::V1(OpV1::RulesSet(_)) => "rules_set",
+            Op::V1(OpV1::CountCardTemplateUpsert(_)) => "count_card_template",
+            Op::V1(OpV1::CountCardPurchase(_)) => "count_card_purchase",
+            Op::V1(OpV1::CountCardUse(_)) => "count_card_use",
+            Op::V1(OpV1::CountCardUseReversal(_)) => "count_card_use_reversal",
         }
     }
 }

@@ -61,6 +61,21 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
         "SELECT version, body FROM rules_config ORDER BY id",
         2,
     )?;
+    feed(
+        "count_card_templates",
+        "SELECT id, name, service, uses, price_fen, validity_days, active
+         FROM count_card_templates ORDER BY id",
+        7,
+    )?;
+    feed(
+        "count_cards",
+        "SELECT c.id, c.member_id, c.uses, c.price_fen, c.expires_ms,
+            (SELECT COUNT(*) FROM count_card_uses u WHERE u.card_id = c.id),
+            (SELECT COUNT(DISTINCT r.use_id) FROM count_card_use_reversals r
+             WHERE r.card_id = c.id)
+         FROM count_cards c ORDER BY c.id",
+        7,
+    )?;
     Ok(hex::encode(hasher.finalize()))
 }
 

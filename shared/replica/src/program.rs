@@ -1,8 +1,12 @@
 //! The membership program's replicated state: HQ's rule set (highest version wins) and count
 //! cards (templates, cards bought, uses). Every function here is idempotent and order-free.
 
-use chainsync_core::Fen;
+use chainsync_core::count_card::{
+    self, CountCardPurchase, CountCardTemplate, CountCardUse, CountCardUseReversal,
+};
+use chainsync_core::hlc::HlcTimestamp;
 use chainsync_core::rules::{InvalidRules, RechargeBonusStep, Rules, SignupGift, Tier};
+use chainsync_core::{Fen, StoreId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -172,4 +176,379 @@ impl RulesView {
         rules.validate()?;
         Ok(rules)
     }
+}
+
+/// Count cards: HQ's templates, cards bought, uses and use reversals.
+pub const schema_v2: &str = r#"
+CREATE TABLE count_card_templates (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    service TEXT NOT NULL,
+    uses INTEGER NOT NULL,
+    price_fen INTEGER NOT NULL,
+    validity_days INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE count_cards (
+    id TEXT PRIMARY KEY,
+    template_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    service TEXT NOT NULL,
+    uses INTEGER NOT NULL,
+    price_fen INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    rule_version INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX count_cards_member ON count_cards (member_id);
+
+-- Every use; more live uses than the card has is an overuse (an exception at the hub).
+CREATE TABLE count_card_uses (
+    id TEXT PRIMARY KEY,
+    card_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    note TEXT,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX count_card_uses_card ON count_card_uses (card_id);
+
+-- Uses given back; one counts per use (the use id is the key of its first reversal).
+CREATE TABLE count_card_use_reversals (
+    id TEXT PRIMARY KEY,
+    use_id TEXT NOT NULL,
+    card_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    reason TEXT,
+    at_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX count_card_use_reversals_card ON count_card_use_reversals (card_id);
+"#;
+
+/// Last writer wins, by (HLC, origin).
+pub fn project_count_card_template(
+    conn: &Connection,
+    template: &CountCardTemplate,
+    hlc: HlcTimestamp,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let current: Option<(i64, i64, String)> = conn
+        .prepare_cached(
+            "SELECT hlc_wall_ms, hlc_counter, origin FROM count_card_templates WHERE id = ?1",
+        )?
+        .query_row([template.id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let incoming = (
+        hlc.wall_ms as i64,
+        i64::from(hlc.counter),
+        origin.as_str().to_owned(),
+    );
+    if current.is_some_and(|current| current >= incoming) {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO count_card_templates (id, name, service, uses, price_fen, validity_days,
+             active, hlc_wall_ms, hlc_counter, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, service = excluded.service,
+             uses = excluded.uses, price_fen = excluded.price_fen,
+             validity_days = excluded.validity_days, active = excluded.active,
+             hlc_wall_ms = excluded.hlc_wall_ms, hlc_counter = excluded.hlc_counter,
+             origin = excluded.origin",
+    )?
+    .execute(params![
+        template.id.to_string(),
+        template.name,
+        template.service,
+        template.uses,
+        template.price.0,
+        template.validity_days,
+        template.active,
+        incoming.0,
+        incoming.1,
+        incoming.2,
+    ])?;
+    Ok(())
+}
+
+pub fn project_count_card_purchase(
+    conn: &Connection,
+    card: &CountCardPurchase,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO count_cards (id, template_id, member_id, name, service, uses,
+             price_fen, method, at_ms, expires_ms, rule_version, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        card.id.to_string(),
+        card.template_id.to_string(),
+        card.member_id.to_string(),
+        card.name,
+        card.service,
+        card.uses,
+        card.price.0,
+        card.method,
+        card.at_ms as i64,
+        card.expires_ms.min(i64::MAX as u64) as i64,
+        card.rule_version,
+        origin.as_str(),
+    ])?;
+    Ok(())
+}
+
+pub fn project_count_card_use(
+    conn: &Connection,
+    card_use: &CountCardUse,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO count_card_uses (id, card_id, member_id, at_ms, note, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        card_use.id.to_string(),
+        card_use.card_id.to_string(),
+        card_use.member_id.to_string(),
+        card_use.at_ms as i64,
+        card_use.note,
+        origin.as_str(),
+    ])?;
+    Ok(())
+}
+
+pub fn project_count_card_reversal(
+    conn: &Connection,
+    reversal: &CountCardUseReversal,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO count_card_use_reversals (id, use_id, card_id, member_id, reason,
+             at_ms, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        reversal.id.to_string(),
+        reversal.use_id.to_string(),
+        reversal.card_id.to_string(),
+        reversal.member_id.to_string(),
+        reversal.reason,
+        reversal.at_ms as i64,
+        origin.as_str(),
+    ])?;
+    Ok(())
+}
+
+/// A card as a member's card list shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardView {
+    pub id: Uuid,
+    pub template_id: Uuid,
+    pub member_id: Uuid,
+    pub name: String,
+    pub service: String,
+    pub uses: u32,
+    /// Live uses (not given back).
+    pub used: u64,
+    /// May be below zero after uses at stores apart (an exception at the hub).
+    pub remaining: i64,
+    pub price_fen: i64,
+    pub method: String,
+    pub bought_ms: u64,
+    pub expires_ms: u64,
+    pub expired: bool,
+    pub origin: String,
+    pub rule_version: u32,
+    /// Uses, newest first.
+    pub history: Vec<CountCardUseView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardUseView {
+    pub id: Uuid,
+    pub origin: String,
+    pub at_ms: u64,
+    pub note: Option<String>,
+    /// Given back (refunded).
+    pub reversed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardList {
+    pub count_cards: Vec<CountCardView>,
+}
+
+/// One card with its history, or None.
+pub fn count_card(
+    conn: &Connection,
+    card_id: Uuid,
+    now_ms: u64,
+) -> rusqlite::Result<Option<CountCardView>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, template_id, member_id, name, service, uses, price_fen, method, at_ms,
+                expires_ms, origin, rule_version FROM count_cards WHERE id = ?1",
+        )?
+        .query_row([card_id.to_string()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, u32>(5)?,
+                row.get::<_, i64>(6)?,
+                row.get::<_, String>(7)?,
+                row.get::<_, i64>(8)?,
+                row.get::<_, i64>(9)?,
+                row.get::<_, String>(10)?,
+                row.get::<_, u32>(11)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, template, member, name, service, uses, price, method, at, expires, origin, rv)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let mut history = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT u.id, u.origin, u.at_ms, u.note,
+            EXISTS (SELECT 1 FROM count_card_use_reversals r WHERE r.use_id = u.id)
+         FROM count_card_uses u WHERE u.card_id = ?1 ORDER BY u.at_ms DESC, u.id DESC",
+    )?;
+    let mut rows = statement.query([card_id.to_string()])?;
+    while let Some(row) = rows.next()? {
+        let use_id: String = row.get(0)?;
+        history.push(CountCardUseView {
+            id: Uuid::parse_str(&use_id).unwrap_or_default(),
+            origin: row.get(1)?,
+            at_ms: row.get::<_, i64>(2)?.max(0) as u64,
+            note: row.get(3)?,
+            reversed: row.get(4)?,
+        });
+    }
+    let used = history.iter().filter(|u| !u.reversed).count() as u64;
+    let expires_ms = expires.max(0) as u64;
+    Ok(Some(CountCardView {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        template_id: Uuid::parse_str(&template).unwrap_or_default(),
+        member_id: Uuid::parse_str(&member).unwrap_or_default(),
+        name,
+        service,
+        uses,
+        used,
+        remaining: count_card::remaining(uses, used, 0),
+        price_fen: price,
+        method,
+        bought_ms: at.max(0) as u64,
+        expires_ms,
+        expired: now_ms > expires_ms,
+        origin,
+        rule_version: rv,
+        history,
+    }))
+}
+
+/// A member's cards (the member's merge group), newest first.
+pub fn member_count_cards(
+    conn: &Connection,
+    canonical: Uuid,
+    now_ms: u64,
+) -> rusqlite::Result<Vec<CountCardView>> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT id FROM count_cards WHERE member_id IN
+                (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)
+             ORDER BY at_ms DESC, id DESC LIMIT 500",
+        )?
+        .query_map([canonical.to_string()], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut cards = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(id) = Uuid::parse_str(&id)
+            && let Some(card) = count_card(conn, id, now_ms)?
+        {
+            cards.push(card);
+        }
+    }
+    Ok(cards)
+}
+
+/// A template as listed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardTemplateView {
+    pub id: Uuid,
+    pub name: String,
+    pub service: String,
+    pub uses: u32,
+    pub price_fen: i64,
+    pub validity_days: u32,
+    pub active: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CountCardTemplateList {
+    pub templates: Vec<CountCardTemplateView>,
+}
+
+pub fn count_card_templates(conn: &Connection) -> rusqlite::Result<Vec<CountCardTemplateView>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, name, service, uses, price_fen, validity_days, active
+         FROM count_card_templates ORDER BY name, id LIMIT 500",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let id: String = row.get(0)?;
+        Ok(CountCardTemplateView {
+            id: Uuid::parse_str(&id).unwrap_or_default(),
+            name: row.get(1)?,
+            service: row.get(2)?,
+            uses: row.get(3)?,
+            price_fen: row.get(4)?,
+            validity_days: row.get(5)?,
+            active: row.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn count_card_template(
+    conn: &Connection,
+    id: Uuid,
+) -> rusqlite::Result<Option<CountCardTemplateView>> {
+    Ok(count_card_templates_where(conn, id)?.into_iter().next())
+}
+
+fn count_card_templates_where(
+    conn: &Connection,
+    id: Uuid,
+) -> rusqlite::Result<Vec<CountCardTemplateView>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, name, service, uses, price_fen, validity_days, active
+         FROM count_card_templates WHERE id = ?1",
+    )?;
+    let rows = statement.query_map([id.to_string()], |row| {
+        let id: String = row.get(0)?;
+        Ok(CountCardTemplateView {
+            id: Uuid::parse_str(&id).unwrap_or_default(),
+            name: row.get(1)?,
+            service: row.get(2)?,
+            uses: row.get(3)?,
+            price_fen: row.get(4)?,
+            validity_days: row.get(5)?,
+            active: row.get(6)?,
+        })
+    })?;
+    rows.collect()
 }

@@ -26,10 +26,14 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::SaleRefund(refund)) => refund.member_id,
         Op::V1(OpV1::CouponIssue(coupon)) => coupon.member_id,
         Op::V1(OpV1::CouponRedeem(redemption)) => redemption.member_id,
+        Op::V1(OpV1::CountCardPurchase(card)) => Some(card.member_id),
+        Op::V1(OpV1::CountCardUse(card_use)) => Some(card_use.member_id),
+        Op::V1(OpV1::CountCardUseReversal(reversal)) => Some(reversal.member_id),
         Op::V1(OpV1::ProductUpsert(_))
         | Op::V1(OpV1::AllowancePolicySet(_))
         | Op::V1(OpV1::CouponTemplateUpsert(_))
-        | Op::V1(OpV1::RulesSet(_)) => None,
+        | Op::V1(OpV1::RulesSet(_))
+        | Op::V1(OpV1::CountCardTemplateUpsert(_)) => None,
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -307,6 +311,23 @@ pub fn apply_remote(
             project_redemption(conn, redemption, &envelope.origin)?
         }
         Op::V1(OpV1::RulesSet(rules)) => crate::program::project_rules(conn, rules)?,
+        Op::V1(OpV1::CountCardTemplateUpsert(template)) => {
+            crate::program::project_count_card_template(
+                conn,
+                template,
+                envelope.hlc,
+                &envelope.origin,
+            )?
+        }
+        Op::V1(OpV1::CountCardPurchase(card)) => {
+            crate::program::project_count_card_purchase(conn, card, &envelope.origin)?
+        }
+        Op::V1(OpV1::CountCardUse(card_use)) => {
+            crate::program::project_count_card_use(conn, card_use, &envelope.origin)?
+        }
+        Op::V1(OpV1::CountCardUseReversal(reversal)) => {
+            crate::program::project_count_card_reversal(conn, reversal, &envelope.origin)?
+        }
     }
     Ok(true)
 }

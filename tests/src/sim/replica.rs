@@ -223,7 +223,12 @@ impl Projection {
                     .or_default()
                     .insert((redemption.id, envelope.origin.clone()));
             }
-            OpV1::ProductUpsert(_) | OpV1::RulesSet(_) => {}
+            OpV1::ProductUpsert(_)
+            | OpV1::RulesSet(_)
+            | OpV1::CountCardTemplateUpsert(_)
+            | OpV1::CountCardPurchase(_)
+            | OpV1::CountCardUse(_)
+            | OpV1::CountCardUseReversal(_) => {}
         }
         true
     }
