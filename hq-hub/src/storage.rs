@@ -87,6 +87,9 @@ impl Touched {
             Op::V1(OpV1::CountCardPurchase(card)) => {
                 self.count_cards.insert(card.id);
             }
+            Op::V1(OpV1::CountCardUseReversal(reversal)) => {
+                self.count_cards.insert(reversal.card_id);
+            }
             // A merge can put a group below zero.
             Op::V1(OpV1::MemberChange { member_id, .. }) => {
                 self.members.insert(*member_id);

@@ -153,7 +153,8 @@ fn hub_killed_mid_burst_loses_nothing_and_applies_nothing_twice() -> Result<()> 
     let a = Store::start("ka", dir.path(), &hub.enroll("ka", dir.path())?)?;
     product(&a, "P1", 300)?;
     let id = member(&a, "孙七", "13900003333")?;
-    recharge(&a, &id, 1_000_000)?;
+    // Within the default prepaid cap (¥5,000); 120 sales of ¥3 need ¥360.
+    recharge(&a, &id, 100_000)?;
     wait_until("A online", converge, || online(&a))?;
     let mut acknowledged = Vec::new();
     for n in 0..120 {

@@ -58,6 +58,9 @@ fn seeds_376_to_500() {
     // And what the checks look for exists: overdrafts, double redemptions, merged members.
     assert!(total.overdrawn_members > 0 && total.double_redemptions > 0);
     assert!(total.merged_groups > 0 && total.twins > 0);
+    // Count cards are sold and used, also at stores apart past their uses.
+    assert!(total.count_cards.bought > 0 && total.count_cards.uses > 0);
+    assert!(total.count_cards.shared_uses > 0 && total.count_cards.overused_cards > 0);
 }
 
 #[test]

@@ -61,13 +61,15 @@ impl World {
             0..=7 => self.register(store),
             8..=11 => self.edit(store),
             12..=33 => self.recharge(store),
-            34..=91 => self.checkout(store),
+            34..=87 => self.checkout(store),
+            88..=93 => self.count_card_command(store),
+            94 => self.reverse_count_card_use(store),
             _ => self.refund(store),
         }
     }
 
     /// Durably write one command's operations, acknowledge them, and tell the session.
-    fn commit(&mut self, store: usize, ops: Vec<OpV1>) -> Result<Vec<Envelope>, String> {
+    pub(super) fn commit(&mut self, store: usize, ops: Vec<OpV1>) -> Result<Vec<Envelope>, String> {
         let now = self.now_ms;
         let node = &mut self.nodes[store];
         node.replica.now_ms = node.physical_ms(now);
@@ -758,6 +760,7 @@ impl World {
             };
             self.hub.write_hq(OpV1::AllowancePolicySet(policy))?;
         }
+        self.hq_count_card_template()?;
         for _ in 0..self.config.coupons_per_issue {
             let code = format!("Q{:x}{:08x}", self.seed, self.rng.next_u64() as u32);
             let template = if self.rng.chance(300) {

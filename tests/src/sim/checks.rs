@@ -98,6 +98,7 @@ impl World {
                 refunds.len()
             ));
         }
+        super::count_cards::check_hub(&hub.proj.count_cards, &hub.exceptions)?;
         for (code, redemptions) in &hub.proj.redemptions {
             if redemptions.len() < 2 {
                 continue;
@@ -310,6 +311,12 @@ impl World {
         self.report.overdraft_fen += i64::try_from(overdraft).unwrap_or(i64::MAX);
         self.report.double_redemptions += doubles as u64;
         self.report.exceptions = self.hub.exceptions.len() as u64;
+        let cards = &self.hub.proj.count_cards;
+        self.report.count_cards.overused_cards = cards
+            .cards
+            .keys()
+            .filter(|card| cards.finding(**card).is_some())
+            .count() as u64;
         for (reason, count) in self.oracle.unprotected_counts() {
             let slot = self.report.unprotected.entry(reason.name()).or_default();
             *slot = (*slot).max(count as u64);

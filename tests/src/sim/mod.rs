@@ -84,6 +84,7 @@
 
 mod cashier;
 mod checks;
+mod count_cards;
 mod oracle;
 pub mod replica;
 pub mod rng;
@@ -239,6 +240,8 @@ pub struct SimReport {
     pub overdraft_fen: i64,
     pub double_redemptions: u64,
     pub exceptions: u64,
+    /// Count cards sold, used, shared, refused, overused.
+    pub count_cards: count_cards::CardReport,
     /// Online grants whose hold did not last, by reason.
     pub unprotected: BTreeMap<&'static str, u64>,
     /// Fingerprint of the run's event sequence: equal for equal seeds.
@@ -298,9 +301,11 @@ impl SimReport {
             overdraft_fen,
             double_redemptions,
             exceptions,
+            count_cards,
             unprotected,
             trace,
         } = other;
+        self.count_cards.add(count_cards);
         self.seeds += seeds.max(&1);
         self.store_days += store_days;
         self.virtual_ms += virtual_ms;
@@ -389,6 +394,16 @@ impl fmt::Display for SimReport {
             self.refunds,
             self.coupon_redemptions,
             self.coupons_issued
+        )?;
+        writeln!(
+            f,
+            "count cards: {} sold, {} uses ({} of a shared card at another store), {} refused \
+             as used up, {} cards overused at stores apart",
+            self.count_cards.bought,
+            self.count_cards.uses,
+            self.count_cards.shared_uses,
+            self.count_cards.refused_used_up,
+            self.count_cards.overused_cards
         )?;
         writeln!(
             f,

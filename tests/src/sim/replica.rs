@@ -90,6 +90,8 @@ pub struct Projection {
     pub coupons: BTreeMap<String, Uuid>,
     pub redemptions: BTreeMap<String, BTreeSet<(Uuid, StoreId)>>,
     pub policy: Option<AllowancePolicy>,
+    /// Count cards, their uses and reversals (see `count_cards.rs`).
+    pub count_cards: super::count_cards::CountCards,
     /// Operations this replica could not project (damaged automerge changes): a failure.
     pub damaged: Vec<String>,
 }
@@ -100,6 +102,7 @@ pub struct Touched {
     pub members: BTreeSet<Uuid>,
     pub coupons: BTreeSet<String>,
     pub checkouts: BTreeSet<Uuid>,
+    pub count_cards: BTreeSet<Uuid>,
 }
 
 impl Projection {
@@ -120,6 +123,7 @@ impl Projection {
             coupons: BTreeMap::new(),
             redemptions: BTreeMap::new(),
             policy: None,
+            count_cards: Default::default(),
             damaged: Vec::new(),
         }
     }
@@ -223,12 +227,15 @@ impl Projection {
                     .or_default()
                     .insert((redemption.id, envelope.origin.clone()));
             }
-            OpV1::ProductUpsert(_)
-            | OpV1::RulesSet(_)
-            | OpV1::CountCardTemplateUpsert(_)
+            OpV1::CountCardTemplateUpsert(_)
             | OpV1::CountCardPurchase(_)
             | OpV1::CountCardUse(_)
-            | OpV1::CountCardUseReversal(_) => {}
+            | OpV1::CountCardUseReversal(_) => {
+                if let Some(card) = self.count_cards.apply(op, &envelope.origin) {
+                    touched.count_cards.insert(card);
+                }
+            }
+            OpV1::ProductUpsert(_) | OpV1::RulesSet(_) => {}
         }
         true
     }
@@ -393,6 +400,7 @@ impl Projection {
             coupons: self.coupons.clone(),
             redemptions: self.redemptions.clone(),
             policy_version: self.policy.as_ref().map(|p| p.version),
+            count_cards: self.count_cards.digest(),
             ledger_entries: ledger.len(),
             fold,
         }
@@ -413,6 +421,8 @@ pub struct Digest {
     pub coupons: BTreeMap<String, Uuid>,
     pub redemptions: BTreeMap<String, BTreeSet<(Uuid, StoreId)>>,
     pub policy_version: Option<u64>,
+    /// Count card → (its terms, if bought here yet; its live uses).
+    pub count_cards: super::count_cards::CardDigest,
     /// The storage's own ledger (`MemberLedger`): its size and its fold per member.
     pub ledger_entries: usize,
     pub fold: BTreeMap<Uuid, Result<(i64, i64, i64), String>>,
@@ -678,6 +688,12 @@ impl HubNode {
             if let Some(finding) = coupon_finding(code, &list) {
                 self.exceptions
                     .insert((ExceptionKind::DoubleRedemption, code.clone()), finding);
+            }
+        }
+        for card in &touched.count_cards {
+            if let Some(finding) = self.proj.count_cards.finding(*card) {
+                self.exceptions
+                    .insert((ExceptionKind::CountCardOveruse, card.to_string()), finding);
             }
         }
     }
