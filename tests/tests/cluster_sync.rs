@@ -180,7 +180,7 @@ fn hub_killed_mid_burst_loses_nothing_and_applies_nothing_twice() -> Result<()> 
         at_hub["entries"].as_array().map(Vec::len),
         at_store["entries"].as_array().map(Vec::len)
     );
-    assert_eq!(at_hub["balance_fen"], 1_100_000 - 120 * 300);
+    assert_eq!(at_hub["balance_fen"], 110_000 - 120 * 300);
     Ok(())
 }
 
