@@ -20,6 +20,7 @@ fn migrations() -> Migrations<'static> {
         M::up(hub_schema_reservations),
         M::up(chainsync_replica::program::schema_v1),
         M::up(chainsync_replica::program::schema_v2),
+        M::up(chainsync_replica::program::schema_v3),
     ])
 }
 

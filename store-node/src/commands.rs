@@ -10,7 +10,7 @@ use chainsync_core::member::{
     Gender, MemberDoc, Profile, ProfilePatch, normalize_phone, validate_card_no,
 };
 use chainsync_core::op::{
-    CouponRedemption, Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleLine, SaleRecord,
+    CouponRedemption, Envelope, Op, OpV1, ProductRecord, SaleLine, SaleRecord,
 };
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, IdGenerator, StoreId, limits};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use chainsync_replica::api::{ApiError, Reply};
 use chainsync_replica::views::{
     AmountInput, CheckoutView, MemberPatch, NewCheckout, NewMember, NewProduct, NewRecharge,
-    NewRefund, ProductView, RechargeView, RefundView,
+    NewRefund, ProductView, RechargeView,
 };
 use chainsync_replica::{project, read};
 
@@ -828,78 +828,7 @@ pub fn refund(
         ));
     }
     let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
-    if read::has_refund(conn, sale_id)? {
-        return Err(ApiError::new(
-            409,
-            "already_refunded",
-            "this checkout was already refunded",
-        ));
-    }
-    let mut statement = conn.prepare_cached(
-        "SELECT kind, account, amount FROM ledger
-         WHERE checkout_id = ?1 AND kind IN ('spend', 'points_redeem', 'points_earn')",
-    )?;
-    let mut original = Vec::new();
-    let mut rows = statement.query([sale_id.to_string()])?;
-    while let Some(row) = rows.next()? {
-        let kind: String = row.get(0)?;
-        let account: String = row.get(1)?;
-        let amount: i64 = row.get(2)?;
-        let kind = match kind.as_str() {
-            "spend" => EntryKind::Spend,
-            "points_redeem" => EntryKind::PointsRedeem,
-            _ => EntryKind::PointsEarn,
-        };
-        let account = match account.as_str() {
-            "principal" => Account::Principal,
-            "bonus" => Account::Bonus,
-            _ => Account::Points,
-        };
-        original.push(Movement {
-            kind,
-            account,
-            amount,
-        });
-    }
-    drop(rows);
-    let refund_id = local.new_id(now_ms)?;
-    let record = RefundRecord {
-        id: refund_id,
-        sale_id,
-        member_id: sale.member_id,
-        amount: sale.total,
-        reason: reason.clone(),
-        at_ms: now_ms,
-    };
-    let envelope = local.emit(conn, now_ms, OpV1::SaleRefund(record.clone()))?;
-    project::project_refund(conn, &record, &envelope.origin)?;
-    let (mut balance_fen, mut points) = (None, None);
-    if let Some(member_id) = sale.member_id {
-        let entry_reason = Some(reason.unwrap_or_else(|| "refund".to_owned()));
-        for movement in checkout::reverse(&original) {
-            local.emit_entry(
-                conn,
-                now_ms,
-                member_id,
-                movement,
-                Some(sale_id),
-                entry_reason.clone(),
-            )?;
-        }
-        let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
-        balance_fen = Some(after.principal.0.saturating_add(after.bonus.0));
-        points = Some(after.points);
-    }
-    Reply::new(
-        201,
-        &RefundView {
-            id: refund_id,
-            checkout_id: sale_id,
-            amount_fen: sale.total.0,
-            balance_fen,
-            points,
-        },
-    )
+    crate::refunds::refund_sale(conn, local, sale, reason, request.lines, now_ms)
 }
 
 /// What a checkout's payments take from the member's stored value and points.

@@ -23,6 +23,7 @@ fn migrations() -> Migrations<'static> {
         M::up(crate::outbox::schema_v1),
         M::up(chainsync_replica::program::schema_v1),
         M::up(chainsync_replica::program::schema_v2),
+        M::up(chainsync_replica::program::schema_v3),
     ])
 }
 

@@ -487,7 +487,7 @@ async fn get_checkout(
 #[utoipa::path(post, path = "/api/v1/checkouts/{id}/refunds", params(("id" = Uuid, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
     request_body = NewRefund,
-    responses((status = 201, body = RefundView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 201, body = crate::refunds::RefundReply), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn create_refund(

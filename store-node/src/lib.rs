@@ -29,6 +29,7 @@ pub mod member_search;
 pub mod membership_http;
 pub mod outbox;
 pub mod program;
+pub mod refunds;
 pub mod sync_client;
 pub mod sync_side;
 pub mod writer;

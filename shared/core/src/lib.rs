@@ -11,6 +11,7 @@
 //! - [`allowance`]: offline spending limits and the hub's book of online grants.
 //! - [`count_card`]: count cards (templates, purchases, uses) and their overuse exception.
 //! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
+//! - [`refund`]: line-level refunds and the policy that restores payments, points and stored value.
 //! - [`op`]: the replicated operations (versioned) that every local write produces.
 //! - [`sync`]: the store ↔ hub sync protocol as two sans-IO state machines.
 //! - [`sync_memory`]: in-memory storage for the sync machines (tests, simulation).
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod member;
 pub mod money;
 pub mod op;
+pub mod refund;
 pub mod rules;
 pub mod sync;
 pub mod sync_memory;

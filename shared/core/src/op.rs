@@ -59,6 +59,8 @@ pub enum OpV1 {
     CountCardUse(crate::count_card::CountCardUse),
     /// A count-card use given back (refund).
     CountCardUseReversal(crate::count_card::CountCardUseReversal),
+    /// The lines and units one refund covered (written with its `SaleRefund`).
+    RefundLines(crate::refund::RefundLines),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -180,6 +182,7 @@ impl Op {
             Op::V1(OpV1::CountCardPurchase(_)) => "count_card_purchase",
             Op::V1(OpV1::CountCardUse(_)) => "count_card_use",
             Op::V1(OpV1::CountCardUseReversal(_)) => "count_card_use_reversal",
+            Op::V1(OpV1::RefundLines(_)) => "refund_lines",
         }
     }
 }

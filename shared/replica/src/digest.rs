@@ -76,6 +76,12 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
          FROM count_cards c ORDER BY c.id",
         7,
     )?;
+    feed(
+        "refund_lines",
+        "SELECT sale_id, line, SUM(qty) FROM refund_lines GROUP BY sale_id, line
+         ORDER BY sale_id, line",
+        3,
+    )?;
     Ok(hex::encode(hasher.finalize()))
 }
 

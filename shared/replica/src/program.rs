@@ -552,3 +552,54 @@ fn count_card_templates_where(
     })?;
     rows.collect()
 }
+
+/// Line-level refunds: which lines and units each refund covered.
+pub const schema_v3: &str = r#"
+CREATE TABLE refund_lines (
+    refund_id TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    qty INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    PRIMARY KEY (refund_id, line)
+) WITHOUT ROWID;
+CREATE INDEX refund_lines_sale ON refund_lines (sale_id);
+"#;
+
+pub fn project_refund_lines(
+    conn: &Connection,
+    lines: &chainsync_core::refund::RefundLines,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(
+        "INSERT OR IGNORE INTO refund_lines (refund_id, sale_id, line, qty, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (line, qty) in &lines.lines {
+        statement.execute(params![
+            lines.refund_id.to_string(),
+            lines.sale_id.to_string(),
+            line,
+            qty,
+            origin.as_str(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Units refunded so far per line of a sale (`lines` long).
+pub fn refunded_qty(conn: &Connection, sale_id: Uuid, lines: usize) -> rusqlite::Result<Vec<i64>> {
+    let mut qty = vec![0i64; lines];
+    let mut statement = conn.prepare_cached(
+        "SELECT line, SUM(qty) FROM refund_lines WHERE sale_id = ?1 GROUP BY line",
+    )?;
+    let mut rows = statement.query([sale_id.to_string()])?;
+    while let Some(row) = rows.next()? {
+        let line: i64 = row.get(0)?;
+        let units: i64 = row.get(1)?;
+        if let Some(slot) = usize::try_from(line).ok().and_then(|l| qty.get_mut(l)) {
+            *slot = units;
+        }
+    }
+    Ok(qty)
+}

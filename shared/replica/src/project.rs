@@ -33,7 +33,8 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::AllowancePolicySet(_))
         | Op::V1(OpV1::CouponTemplateUpsert(_))
         | Op::V1(OpV1::RulesSet(_))
-        | Op::V1(OpV1::CountCardTemplateUpsert(_)) => None,
+        | Op::V1(OpV1::CountCardTemplateUpsert(_))
+        | Op::V1(OpV1::RefundLines(_)) => None,
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -327,6 +328,9 @@ pub fn apply_remote(
         }
         Op::V1(OpV1::CountCardUseReversal(reversal)) => {
             crate::program::project_count_card_reversal(conn, reversal, &envelope.origin)?
+        }
+        Op::V1(OpV1::RefundLines(lines)) => {
+            crate::program::project_refund_lines(conn, lines, &envelope.origin)?
         }
     }
     Ok(true)

@@ -258,6 +258,18 @@ pub struct CheckoutList {
 #[serde(deny_unknown_fields)]
 pub struct NewRefund {
     pub reason: Option<String>,
+    /// Lines to refund (index into the checkout's lines, units); absent: all not yet refunded.
+    #[serde(default)]
+    pub lines: Option<Vec<RefundLineInput>>,
+}
+
+/// One line of a partial refund.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundLineInput {
+    /// Index of the line in the checkout (0 is the first).
+    pub line: usize,
+    pub qty: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
