@@ -29,7 +29,8 @@ use uuid::Uuid;
 use crate::commands::Local;
 use crate::http::{AppState, Caller};
 
-/// Refuse a recharge that would take the member's stored value past the prepaid cap.
+/// Refuse a recharge that would take the member's prepaid principal (money paid in, not the
+/// bonus given) past the prepaid cap.
 pub fn check_prepaid_cap(
     conn: &Connection,
     rules: &Rules,
@@ -38,15 +39,16 @@ pub fn check_prepaid_cap(
     bonus: Fen,
 ) -> Result<(), ApiError> {
     let balances = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
-    let held = balances.principal.0.saturating_add(balances.bonus.0);
-    let after = held.saturating_add(amount.0).saturating_add(bonus.0);
+    let _ = bonus;
+    let held = balances.principal.0;
+    let after = held.saturating_add(amount.0);
     if after > rules.prepaid_cap.0 {
         return Err(ApiError::new(
             422,
             "prepaid_cap_exceeded",
             format!(
-                "this recharge (with its bonus) would bring the member's stored value to {}, \
-                 above the cap of {} (rules version {}); the member holds {} now",
+                "this recharge would bring the member's prepaid principal to {}, above the cap \
+                 of {} (rules version {}); the member holds {} of principal now",
                 Fen(after),
                 rules.prepaid_cap,
                 rules.version,

@@ -86,10 +86,10 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
         &json!({"amount_fen": 20_000}),
     )?;
     assert_eq!(recharge["bonus_fen"], 4_000, "20 % of rules v2: {recharge}");
-    // ¥240 held; ¥800 more (+ ¥160 bonus) would pass the ¥1,000 cap.
+    // ¥200 of principal held (+ ¥40 bonus, not counted); ¥900 more would pass the ¥1,000 cap.
     let (status, over) = a.post(
         &format!("/api/v1/members/{id}/recharges"),
-        &json!({"amount_fen": 80_000}),
+        &json!({"amount_fen": 90_000}),
     )?;
     assert_eq!(
         (status, over["error"]["code"].as_str()),
@@ -138,7 +138,7 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     })?;
     let (status, over) = b.post(
         &format!("/api/v1/members/{id}/recharges"),
-        &json!({"amount_fen": 10_000}),
+        &json!({"amount_fen": 10_001}),
     )?;
     assert_eq!(
         (status, over["error"]["code"].as_str()),

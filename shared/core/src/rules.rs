@@ -46,8 +46,8 @@ pub struct Rules {
     pub points_per_yuan: i64,
     /// Value of one point when paying, in 分 (1 = "100 points = ¥1").
     pub point_value_fen: i64,
-    /// Most stored value (principal + bonus) a member may hold: a recharge that would go past
-    /// it is refused (`prepaid_cap_exceeded`).
+    /// Most prepaid principal (money paid in; bonus not counted) a member may hold: a recharge
+    /// that would go past it is refused (`prepaid_cap_exceeded`).
     pub prepaid_cap: Fen,
     /// Given on registration.
     pub signup: SignupGift,

@@ -103,7 +103,7 @@ pub struct RulesView {
     pub recharge_bonus: Vec<RechargeBonusView>,
     pub points_per_yuan: i64,
     pub point_value_fen: i64,
-    /// Most stored value (principal + bonus, 分) a member may hold.
+    /// Most prepaid principal (分, bonus not counted) a member may hold.
     pub prepaid_cap_fen: i64,
     #[serde(default)]
     pub signup: SignupGiftView,
