@@ -75,6 +75,20 @@ fn events_reach_the_webhook_once_each_with_their_id() -> Result<()> {
     assert_eq!(listed, expected);
     assert!(delivered.iter().all(|m| m["delivered_ms"].is_i64()));
 
+    // The membership routes are in the OpenAPI document.
+    let (_, doc) = node.api().get("/openapi.json", None)?;
+    for path in [
+        "/api/v1/outbox",
+        "/api/v1/members/{id}/check-ins",
+        "/api/v1/engagement/run",
+        "/api/v1/members/dormant",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from OpenAPI"
+        );
+    }
+
     // Managers only; a bad status is refused.
     let (status, _) = node.get("/api/v1/outbox")?;
     assert_eq!(status, 403);
