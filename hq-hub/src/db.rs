@@ -21,6 +21,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::program::schema_v1),
         M::up(chainsync_replica::program::schema_v2),
         M::up(chainsync_replica::program::schema_v3),
+        M::up(chainsync_replica::program::schema_v4),
     ])
 }
 

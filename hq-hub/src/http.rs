@@ -720,7 +720,8 @@ async fn not_found() -> ApiError {
         crate::reports::http::segment_members, crate::reports::http::report,
         crate::program::get_rules, crate::program::put_rules,
         crate::program::create_count_card_template, crate::program::list_count_card_templates,
-        crate::program::list_member_count_cards),
+        crate::program::list_member_count_cards, crate::program::create_gift,
+        crate::program::list_gifts),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;

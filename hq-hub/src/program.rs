@@ -7,10 +7,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chainsync_core::count_card::{self, CountCardTemplate};
+use chainsync_core::gift;
 use chainsync_core::op::OpV1;
 use chainsync_replica::api::ApiError;
 use chainsync_replica::program::{
-    self, CountCardList, CountCardTemplateList, CountCardTemplateView, RulesView,
+    self, CountCardList, CountCardTemplateList, CountCardTemplateView, GiftList, GiftView,
+    RulesView,
 };
 use chainsync_replica::views::ErrorBody;
 use serde::Deserialize;
@@ -67,6 +69,7 @@ pub fn routes() -> Router<HubState> {
             "/api/v1/members/{id}/count-cards",
             get(list_member_count_cards),
         )
+        .route("/api/v1/gifts", get(list_gifts).post(create_gift))
 }
 
 /// `POST /api/v1/count-card-templates`: create (no `id`) or replace (with `id`) a template.
@@ -194,4 +197,70 @@ pub async fn list_member_count_cards(
         })
         .await?;
     Ok(Json(CountCardList { count_cards }))
+}
+
+/// `POST /api/v1/gifts`: create (no `id`) or replace (with `id`) a gift of the points catalog.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGift {
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub points_price: i64,
+    /// Units ever put in stock (stock left = this minus every redemption).
+    pub stock: i64,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/gifts", request_body = NewGift,
+    responses((status = 201, body = GiftView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_gift(
+    State(hub): State<HubState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<GiftView>), ApiError> {
+    caller.require_operator()?;
+    let request: NewGift = parse_body(&body)?;
+    let name = text(&request.name, "name")?;
+    if !(0..=gift::gift_points_max).contains(&request.points_price) {
+        return Err(ApiError::invalid_field(
+            "points_price must be 0 to 100000000",
+        ));
+    }
+    if !(0..=gift::gift_stock_max).contains(&request.stock) {
+        return Err(ApiError::invalid_field("stock must be 0 to 1000000"));
+    }
+    let id = match request.id {
+        Some(id) => id,
+        None => {
+            let mut random = [0u8; 10];
+            getrandom::fill(&mut random).map_err(ApiError::internal)?;
+            uuid::Builder::from_unix_timestamp_millis(crate::now_ms(), &random).into_uuid()
+        }
+    };
+    let record = gift::Gift {
+        id,
+        name,
+        points_price: request.points_price,
+        stock: request.stock,
+        active: request.active,
+    };
+    hub.author(OpV1::GiftUpsert(record)).await?;
+    let view = hub
+        .reads
+        .run(move |conn| Ok(program::gift(conn, id)?))
+        .await?
+        .ok_or_else(|| ApiError::internal("gift written but not found"))?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(get, path = "/api/v1/gifts", responses((status = 200, body = GiftList)),
+    security(("bearer" = [])))]
+pub async fn list_gifts(
+    State(hub): State<HubState>,
+    _caller: Caller,
+) -> Result<Json<GiftList>, ApiError> {
+    let gifts = hub.reads.run(|conn| Ok(program::gifts(conn)?)).await?;
+    Ok(Json(GiftList { gifts }))
 }

@@ -596,7 +596,8 @@ async fn not_found() -> ApiError {
         crate::program::create_points_adjustment, crate::program::list_count_card_templates,
         crate::program::create_count_card, crate::program::list_member_count_cards,
         crate::program::get_count_card, crate::program::create_count_card_use,
-        crate::program::create_use_reversal),
+        crate::program::create_use_reversal, crate::program::list_gifts,
+        crate::program::create_gift_redemption),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -11,13 +11,14 @@ use chainsync_core::checkout::Movement;
 use chainsync_core::count_card::{
     self, CountCardError, CountCardPurchase, CountCardUse, CountCardUseReversal,
 };
+use chainsync_core::gift::{self, GiftRedemption};
 use chainsync_core::ledger::{Account, EntryKind};
 use chainsync_core::op::{CouponRecord, OpV1};
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, limits};
 use chainsync_replica::api::{ApiError, Reply};
 use chainsync_replica::program::{
-    self, CountCardList, CountCardTemplateList, CountCardView, RulesView,
+    self, CountCardList, CountCardTemplateList, CountCardView, GiftList, RulesView,
 };
 use chainsync_replica::views::ErrorBody;
 use chainsync_replica::{project, read};
@@ -245,6 +246,11 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/v1/count-card-uses/{id}/reversals",
             post(create_use_reversal),
+        )
+        .route("/api/v1/gifts", get(list_gifts))
+        .route(
+            "/api/v1/members/{id}/gift-redemptions",
+            post(create_gift_redemption),
         )
 }
 
@@ -572,6 +578,159 @@ pub async fn create_use_reversal(
         .submit(
             idempotency,
             Box::new(move |conn, local, now| reverse_count_card_use(conn, local, id, request, now)),
+        )
+        .await
+}
+
+// ---- Points gift catalog ----
+
+/// `POST /api/v1/members/{id}/gift-redemptions`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGiftRedemption {
+    pub gift_id: Uuid,
+    /// Units (default 1, at most 100).
+    pub qty: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GiftRedemptionView {
+    pub id: Uuid,
+    pub gift_id: Uuid,
+    pub member_id: Uuid,
+    pub qty: i64,
+    /// Points taken (a `points_redeem` ledger entry).
+    pub points: i64,
+    pub entry_id: Uuid,
+    /// The member's points after it.
+    pub points_balance: i64,
+    /// The gift's stock left as this store sees it.
+    pub stock_left: i64,
+    pub rule_version: u32,
+}
+
+pub fn redeem_gift(
+    conn: &Connection,
+    local: &mut Local,
+    member_id: Uuid,
+    request: NewGiftRedemption,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    let qty = request.qty.unwrap_or(1);
+    if !(1..=gift::redemption_qty_max).contains(&qty) {
+        return Err(ApiError::invalid_field("qty must be 1 to 100"));
+    }
+    let member_id =
+        read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    let found = program::gift(conn, request.gift_id)?
+        .filter(|g| g.active)
+        .ok_or_else(|| {
+            ApiError::new(
+                422,
+                "unknown_gift",
+                "no active gift with this id in the catalog (HQ sets it)",
+            )
+        })?;
+    if found.stock_left < qty {
+        return Err(ApiError::new(
+            409,
+            "gift_out_of_stock",
+            format!(
+                "{} has {} left here, {qty} asked",
+                found.name,
+                found.stock_left.max(0)
+            ),
+        ));
+    }
+    let points = gift::points_for(found.points_price, qty)
+        .filter(|p| *p <= limits::amount_fen_max)
+        .ok_or_else(|| ApiError::invalid_amount("too many points"))?;
+    let balances = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    if points > 0 && balances.points < points {
+        return Err(ApiError::new(
+            422,
+            "insufficient_points",
+            format!("{} points available, {points} needed", balances.points),
+        ));
+    }
+    let entry_id = if points > 0 {
+        let movement = Movement {
+            kind: EntryKind::PointsRedeem,
+            account: Account::Points,
+            amount: -points,
+        };
+        let reason = Some(format!("gift {} ×{qty}", found.name));
+        local
+            .emit_entry(conn, now_ms, member_id, movement, None, reason)?
+            .id
+    } else {
+        Uuid::nil()
+    };
+    let redemption = GiftRedemption {
+        id: local.new_id(now_ms)?,
+        gift_id: found.id,
+        member_id,
+        qty,
+        points,
+        entry_id,
+        at_ms: now_ms,
+    };
+    let envelope = local.emit(conn, now_ms, OpV1::GiftRedeem(redemption.clone()))?;
+    program::project_gift_redemption(conn, &redemption, &envelope.origin)?;
+    let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    let stock_left = program::gift(conn, found.id)?
+        .map(|g| g.stock_left)
+        .unwrap_or_default();
+    Reply::new(
+        201,
+        &GiftRedemptionView {
+            id: redemption.id,
+            gift_id: found.id,
+            member_id,
+            qty,
+            points,
+            entry_id,
+            points_balance: after.points,
+            stock_left,
+            rule_version: local.rules.version,
+        },
+    )
+}
+
+#[utoipa::path(get, path = "/api/v1/gifts", responses((status = 200, body = GiftList)),
+    security(("bearer" = [])))]
+pub async fn list_gifts(
+    State(app): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<GiftList>, ApiError> {
+    let gifts = app.reads.run(|conn| Ok(program::gifts(conn)?)).await?;
+    Ok(Json(GiftList { gifts }))
+}
+
+#[utoipa::path(post, path = "/api/v1/members/{id}/gift-redemptions", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = NewGiftRedemption,
+    responses((status = 201, body = GiftRedemptionView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_gift_redemption(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
+    let id = path_id(path)?;
+    let request: NewGiftRedemption = parse_json(&body)?;
+    let idempotency = crate::http::idempotency(
+        &headers,
+        &format!("POST /api/v1/members/{id}/gift-redemptions"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| redeem_gift(conn, local, id, request, now)),
         )
         .await
 }

@@ -148,3 +148,84 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     wait_until("converged on v3", bounded, || converged(&hub, &[&a, &b]))?;
     Ok(())
 }
+
+/// Points for gifts from HQ's catalog: a redemption is a `points_redeem` entry plus a
+/// redemption record, so it works while a store is cut off; stock left is the stock minus every
+/// redemption held, the same everywhere after sync (below zero if stores apart took the last).
+#[test]
+fn gift_catalog_redemptions_at_stores_apart_converge() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut hub = Hub::start(dir.path())?;
+    let a = Store::start("ga", dir.path(), &hub.enroll("ga", dir.path())?)?;
+    let b = Store::start("gb", dir.path(), &hub.enroll("gb", dir.path())?)?;
+    let (status, gift) = hub.api.post(
+        "/api/v1/gifts",
+        Some(&hub.token),
+        &json!({"name": "保温杯", "points_price": 200, "stock": 1}),
+        None,
+    )?;
+    assert_eq!(status, 201, "{gift}");
+    let gift_id = gift["id"].as_str().context("gift id")?.to_owned();
+    let member = a.ok(
+        "/api/v1/members",
+        &json!({"name": "吴十", "phone": "13900009999"}),
+    )?;
+    let id = member["id"].as_str().context("id")?.to_owned();
+    a.ok(
+        &format!("/api/v1/members/{id}/points-adjustments"),
+        &json!({"points": 500, "reason": "活动补积分"}),
+    )?;
+    wait_until("gift and points everywhere", bounded, || {
+        Ok(online(&a)? && online(&b)? && converged(&hub, &[&a, &b])?)
+    })?;
+    let path = format!("/api/v1/members/{id}/gift-redemptions");
+    let (status, refused) = a.post(&path, &json!({"gift_id": gift_id, "qty": 2}))?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("gift_out_of_stock")),
+        "{refused}"
+    );
+
+    hub.kill9();
+    let at_a = a.ok(&path, &json!({"gift_id": gift_id}))?;
+    assert_eq!(
+        (at_a["points"].as_i64(), at_a["points_balance"].as_i64()),
+        (Some(200), Some(300))
+    );
+    assert_eq!(at_a["stock_left"], 0);
+    let (status, gone) = a.post(&path, &json!({"gift_id": gift_id}))?;
+    assert_eq!(
+        (status, gone["error"]["code"].as_str()),
+        (409, Some("gift_out_of_stock"))
+    );
+    // Store b, apart, still sees one left and gives it too.
+    let at_b = b.ok(&path, &json!({"gift_id": gift_id}))?;
+    assert_eq!(at_b["stock_left"], 0);
+
+    hub.restart()?;
+    wait_until("converged after the hub is back", bounded, || {
+        converged(&hub, &[&a, &b])
+    })?;
+    for (api, token) in [
+        (&a.api, &a.manager),
+        (&b.api, &b.manager),
+        (&hub.api, &hub.token),
+    ] {
+        let (_, gifts) = api.get("/api/v1/gifts", Some(token))?;
+        assert_eq!(
+            gifts["gifts"][0]["stock_left"], -1,
+            "oversold by one, shown everywhere: {gifts}"
+        );
+        let (_, found) = api.get(&format!("/api/v1/members/{id}"), Some(token))?;
+        assert_eq!(found["points"], 100, "{found}");
+    }
+    let (_, ledger) = hub.get(&format!("/api/v1/members/{id}/ledger"))?;
+    let redeemed = ledger["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| e["kind"] == "points_redeem" && e["rule_version"] == 1)
+        .count();
+    assert_eq!(redeemed, 2, "{ledger}");
+    Ok(())
+}

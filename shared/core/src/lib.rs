@@ -4,6 +4,7 @@
 //! - [`money`]: integer 分 amounts with checked arithmetic.
 //! - [`id`]: store identities and UUIDv7 ids built from an injected clock and random source.
 //! - [`exceptions`]: overdrafts and double redemptions found in the merged state.
+//! - [`gift`]: the points gift catalog (gifts with a point price and a stock, redemptions).
 //! - [`hlc`]: the hybrid logical clock that orders replicated writes.
 //! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
 //! - [`member`]: member profiles as automerge documents, phone normalization.
@@ -25,6 +26,7 @@ pub mod checkout;
 pub mod count_card;
 pub mod engagement;
 pub mod exceptions;
+pub mod gift;
 pub mod hlc;
 pub mod id;
 pub mod ledger;

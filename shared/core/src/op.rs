@@ -61,6 +61,10 @@ pub enum OpV1 {
     CountCardUseReversal(crate::count_card::CountCardUseReversal),
     /// The lines and units one refund covered (written with its `SaleRefund`).
     RefundLines(crate::refund::RefundLines),
+    /// A gift of the points catalog created or changed (HQ); last writer wins.
+    GiftUpsert(crate::gift::Gift),
+    /// Units of a gift taken for points (the points move in a ledger entry).
+    GiftRedeem(crate::gift::GiftRedemption),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -183,6 +187,8 @@ impl Op {
             Op::V1(OpV1::CountCardUse(_)) => "count_card_use",
             Op::V1(OpV1::CountCardUseReversal(_)) => "count_card_use_reversal",
             Op::V1(OpV1::RefundLines(_)) => "refund_lines",
+            Op::V1(OpV1::GiftUpsert(_)) => "gift",
+            Op::V1(OpV1::GiftRedeem(_)) => "gift_redeem",
         }
     }
 }

@@ -82,6 +82,14 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
          ORDER BY sale_id, line",
         3,
     )?;
+    feed(
+        "gifts",
+        "SELECT g.id, g.name, g.points_price, g.stock, g.active,
+            (SELECT COUNT(*) || ':' || COALESCE(SUM(r.qty), 0) FROM gift_redemptions r
+             WHERE r.gift_id = g.id)
+         FROM gifts g ORDER BY g.id",
+        6,
+    )?;
     Ok(hex::encode(hasher.finalize()))
 }
 

@@ -603,3 +603,141 @@ pub fn refunded_qty(conn: &Connection, sale_id: Uuid, lines: usize) -> rusqlite:
     }
     Ok(qty)
 }
+
+/// The points gift catalog and its redemptions.
+pub const schema_v4: &str = r#"
+CREATE TABLE gifts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    points_price INTEGER NOT NULL,
+    stock INTEGER NOT NULL,
+    active INTEGER NOT NULL,
+    hlc_wall_ms INTEGER NOT NULL,
+    hlc_counter INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE gift_redemptions (
+    id TEXT PRIMARY KEY,
+    gift_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    qty INTEGER NOT NULL,
+    points INTEGER NOT NULL,
+    entry_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX gift_redemptions_gift ON gift_redemptions (gift_id);
+"#;
+
+/// Last writer wins, by (HLC, origin).
+pub fn project_gift(
+    conn: &Connection,
+    gift: &chainsync_core::gift::Gift,
+    hlc: HlcTimestamp,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    let current: Option<(i64, i64, String)> = conn
+        .prepare_cached("SELECT hlc_wall_ms, hlc_counter, origin FROM gifts WHERE id = ?1")?
+        .query_row([gift.id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let incoming = (
+        hlc.wall_ms as i64,
+        i64::from(hlc.counter),
+        origin.as_str().to_owned(),
+    );
+    if current.is_some_and(|current| current >= incoming) {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO gifts (id, name, points_price, stock, active, hlc_wall_ms, hlc_counter, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+             points_price = excluded.points_price, stock = excluded.stock,
+             active = excluded.active, hlc_wall_ms = excluded.hlc_wall_ms,
+             hlc_counter = excluded.hlc_counter, origin = excluded.origin",
+    )?
+    .execute(params![
+        gift.id.to_string(),
+        gift.name,
+        gift.points_price,
+        gift.stock,
+        gift.active,
+        incoming.0,
+        incoming.1,
+        incoming.2,
+    ])?;
+    Ok(())
+}
+
+pub fn project_gift_redemption(
+    conn: &Connection,
+    redemption: &chainsync_core::gift::GiftRedemption,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO gift_redemptions (id, gift_id, member_id, qty, points, entry_id,
+             at_ms, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        redemption.id.to_string(),
+        redemption.gift_id.to_string(),
+        redemption.member_id.to_string(),
+        redemption.qty,
+        redemption.points,
+        redemption.entry_id.to_string(),
+        redemption.at_ms as i64,
+        origin.as_str(),
+    ])?;
+    Ok(())
+}
+
+/// A gift as listed, with the stock left.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GiftView {
+    pub id: Uuid,
+    pub name: String,
+    pub points_price: i64,
+    pub stock: i64,
+    /// Stock minus every redemption held here (below zero after redemptions at stores apart).
+    pub stock_left: i64,
+    pub active: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GiftList {
+    pub gifts: Vec<GiftView>,
+}
+
+fn gifts_where(conn: &Connection, only: Option<Uuid>) -> rusqlite::Result<Vec<GiftView>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT g.id, g.name, g.points_price, g.stock, g.active,
+            (SELECT COALESCE(SUM(r.qty), 0) FROM gift_redemptions r WHERE r.gift_id = g.id)
+         FROM gifts g WHERE ?1 IS NULL OR g.id = ?1 ORDER BY g.name, g.id LIMIT 500",
+    )?;
+    let rows = statement.query_map([only.map(|id| id.to_string())], |row| {
+        let id: String = row.get(0)?;
+        let stock: i64 = row.get(3)?;
+        let redeemed: i64 = row.get(5)?;
+        Ok(GiftView {
+            id: Uuid::parse_str(&id).unwrap_or_default(),
+            name: row.get(1)?,
+            points_price: row.get(2)?,
+            stock,
+            stock_left: chainsync_core::gift::stock_left(stock, redeemed),
+            active: row.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn gifts(conn: &Connection) -> rusqlite::Result<Vec<GiftView>> {
+    gifts_where(conn, None)
+}
+
+pub fn gift(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<GiftView>> {
+    Ok(gifts_where(conn, Some(id))?.into_iter().next())
+}

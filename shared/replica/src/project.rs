@@ -34,7 +34,9 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::CouponTemplateUpsert(_))
         | Op::V1(OpV1::RulesSet(_))
         | Op::V1(OpV1::CountCardTemplateUpsert(_))
-        | Op::V1(OpV1::RefundLines(_)) => None,
+        | Op::V1(OpV1::RefundLines(_))
+        | Op::V1(OpV1::GiftUpsert(_)) => None,
+        Op::V1(OpV1::GiftRedeem(redemption)) => Some(redemption.member_id),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -331,6 +333,12 @@ pub fn apply_remote(
         }
         Op::V1(OpV1::RefundLines(lines)) => {
             crate::program::project_refund_lines(conn, lines, &envelope.origin)?
+        }
+        Op::V1(OpV1::GiftUpsert(gift)) => {
+            crate::program::project_gift(conn, gift, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::GiftRedeem(redemption)) => {
+            crate::program::project_gift_redemption(conn, redemption, &envelope.origin)?
         }
     }
     Ok(true)

@@ -235,7 +235,11 @@ impl Projection {
                     touched.count_cards.insert(card);
                 }
             }
-            OpV1::ProductUpsert(_) | OpV1::RulesSet(_) | OpV1::RefundLines(_) => {}
+            OpV1::ProductUpsert(_)
+            | OpV1::RulesSet(_)
+            | OpV1::RefundLines(_)
+            | OpV1::GiftUpsert(_)
+            | OpV1::GiftRedeem(_) => {}
         }
         true
     }
