@@ -3,8 +3,8 @@
 //! operations have equal digests, whatever the order of arrival; different state gives a
 //! different digest (up to SHA-256 collisions).
 //!
-//! Coupons, their redemptions and HQ's allowance policy are included; stock joins when it
-//! exists.
+//! Every ledger entry, coupon templates, coupons, their redemptions and HQ's allowance policy
+//! are included; stock joins when it exists.
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -41,9 +41,31 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
          FROM members ORDER BY id",
         6,
     )?;
+    // Every entry, not a count and a sum: two different entries of the same amount must not
+    // look converged.
     feed(
         "ledger",
-        "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM ledger",
+        "SELECT id, member_id, kind, account, amount FROM ledger ORDER BY id",
+        5,
+    )?;
+    feed(
+        "coupon_templates",
+        "SELECT id, name, value_fen, min_spend_fen, online_only FROM coupon_templates ORDER BY id",
+        5,
+    )?;
+    feed(
+        "coupons",
+        "SELECT code, template_id, member_id FROM coupons ORDER BY code",
+        3,
+    )?;
+    feed(
+        "coupon_redemptions",
+        "SELECT id, code FROM coupon_redemptions ORDER BY id",
+        2,
+    )?;
+    feed(
+        "allowance_policy",
+        "SELECT version, body FROM allowance_policy",
         2,
     )?;
     feed(
