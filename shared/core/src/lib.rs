@@ -17,6 +17,7 @@
 //! - [`sync`]: the store ↔ hub sync protocol as two sans-IO state machines.
 //! - [`sync_memory`]: in-memory storage for the sync machines (tests, simulation).
 //! - [`limits`]: every size and count limit, in one place.
+//! - [`stock`]: stock as a fold of immutable movements; transfers in transit and discrepancies.
 //!
 //! Architecture invariant: nothing here reads a clock, a random source, a file or a socket.
 //! Callers pass time (`now_ms`) and randomness in. Everything is deterministic and testable.
@@ -36,6 +37,7 @@ pub mod money;
 pub mod op;
 pub mod refund;
 pub mod rules;
+pub mod stock;
 pub mod sync;
 pub mod sync_memory;
 
