@@ -22,6 +22,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::program::schema_v2),
         M::up(chainsync_replica::program::schema_v3),
         M::up(chainsync_replica::program::schema_v4),
+        M::up(chainsync_replica::catalog::schema_v1),
     ])
 }
 

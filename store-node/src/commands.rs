@@ -21,7 +21,7 @@ use uuid::Uuid;
 use chainsync_replica::api::{ApiError, Reply};
 use chainsync_replica::views::{
     AmountInput, CheckoutView, MemberPatch, NewCheckout, NewMember, NewProduct, NewRecharge,
-    NewRefund, ProductView, RechargeView,
+    NewRefund, RechargeView,
 };
 use chainsync_replica::{project, read};
 
@@ -469,12 +469,8 @@ pub fn upsert_product(
     };
     let envelope = local.emit(conn, now_ms, OpV1::ProductUpsert(record.clone()))?;
     project::project_product(conn, &record, envelope.hlc, &envelope.origin)?;
-    let view = ProductView {
-        sku: record.sku,
-        name: record.name,
-        price_fen: price.0,
-        active: true,
-    };
+    let view = read::product(conn, &record.sku)?
+        .ok_or_else(|| ApiError::internal("product written but not found"))?;
     Reply::new(if existed { 200 } else { 201 }, &view)
 }
 

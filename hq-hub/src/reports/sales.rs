@@ -383,3 +383,97 @@ pub fn top_customers(
     }
     Ok(table)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainsync_core::catalog::CatalogItem;
+    use chainsync_core::hlc::HlcTimestamp;
+    use chainsync_core::op::{Envelope, Op, OpV1, SaleLine, SaleRecord};
+    use chainsync_core::{Fen, StoreId};
+
+    fn line(sku: &str, qty: i64, unit: i64) -> SaleLine {
+        SaleLine {
+            sku: sku.into(),
+            name: sku.into(),
+            qty,
+            unit_price: Fen(unit),
+            amount: Fen(unit * qty),
+        }
+    }
+
+    #[test]
+    fn a_categorized_sale_shows_under_its_category() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::db::open_writer(&dir.path().join("hub.db")).unwrap();
+        conn.execute(
+            "INSERT INTO stores (store_id, name, region, enrolled_ms) VALUES ('s1', 'S1', 'east', 0)",
+            [],
+        )
+        .unwrap();
+        let at_ms = 1_795_000_000_000;
+        let item = CatalogItem {
+            sku: "TEA".into(),
+            barcode: None,
+            name: "茶".into(),
+            category: Some("饮料".into()),
+            price: Fen(800),
+            member_price: None,
+            active: true,
+            components: vec![],
+        };
+        crate::storage::author(&mut conn, OpV1::CatalogItemUpsert(item), at_ms).unwrap();
+        let sale = SaleRecord {
+            id: uuid::Uuid::from_u128(7),
+            member_id: None,
+            lines: vec![line("TEA", 2, 800), line("LOOSE", 1, 300)],
+            payments: vec![],
+            subtotal: Fen(1_900),
+            discount: Fen(0),
+            total: Fen(1_900),
+            points_earned: 0,
+            tier: String::new(),
+            rule_version: 1,
+            at_ms,
+        };
+        let envelope = Envelope {
+            origin: StoreId::parse("s1").unwrap(),
+            seq: 1,
+            hlc: HlcTimestamp {
+                wall_ms: at_ms,
+                counter: 0,
+            },
+            op: Op::V1(OpV1::Sale(sale)),
+        };
+        crate::storage::ingest(
+            &mut conn,
+            &envelope.origin,
+            std::slice::from_ref(&envelope),
+            at_ms,
+        )
+        .unwrap();
+        let scope = Scope {
+            stores: None,
+            regions: HashMap::from([("s1".to_owned(), "east".to_owned())]),
+            phones: true,
+        };
+        let day = day_of(at_ms);
+        let period = Period {
+            from_day: day,
+            to_day: day,
+        };
+        let table = categories(&conn, &scope, period, &["category".to_owned()]).unwrap();
+        let rows: Vec<Vec<String>> = table
+            .rows
+            .iter()
+            .map(|row| row.iter().map(Cell::text).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["uncategorized".to_owned(), "1".into(), "300".into()],
+                vec!["饮料".to_owned(), "2".into(), "1600".into()],
+            ]
+        );
+    }
+}

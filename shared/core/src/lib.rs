@@ -4,6 +4,7 @@
 //! - [`money`]: integer 分 amounts with checked arithmetic.
 //! - [`id`]: store identities and UUIDv7 ids built from an injected clock and random source.
 //! - [`exceptions`]: overdrafts and double redemptions found in the merged state.
+//! - [`catalog`]: HQ's catalog items and bundles, and the merge rule of a SKU's two registers.
 //! - [`gift`]: the points gift catalog (gifts with a point price and a stock, redemptions).
 //! - [`hlc`]: the hybrid logical clock that orders replicated writes.
 //! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
@@ -23,6 +24,7 @@
 //! Callers pass time (`now_ms`) and randomness in. Everything is deterministic and testable.
 
 pub mod allowance;
+pub mod catalog;
 pub mod checkout;
 pub mod count_card;
 pub mod engagement;

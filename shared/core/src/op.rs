@@ -65,6 +65,9 @@ pub enum OpV1 {
     GiftUpsert(crate::gift::Gift),
     /// Units of a gift taken for points (the points move in a ledger entry).
     GiftRedeem(crate::gift::GiftRedemption),
+    /// HQ's catalog item (SKU, barcode, name, category, prices, bundle components); merged
+    /// with `ProductUpsert` as two last-writer-wins registers (`crate::catalog::merge`).
+    CatalogItemUpsert(crate::catalog::CatalogItem),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -189,6 +192,7 @@ impl Op {
             Op::V1(OpV1::RefundLines(_)) => "refund_lines",
             Op::V1(OpV1::GiftUpsert(_)) => "gift",
             Op::V1(OpV1::GiftRedeem(_)) => "gift_redeem",
+            Op::V1(OpV1::CatalogItemUpsert(_)) => "catalog_item",
         }
     }
 }

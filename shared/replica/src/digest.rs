@@ -1,5 +1,5 @@
 //! A digest of the canonical replicated state: members (profile, merge), their balances and
-//! points, products, and sales with their refunds. Two replicas that hold the same set of
+//! points, products (with HQ's catalog fields and bundle components), and sales with their refunds. Two replicas that hold the same set of
 //! operations have equal digests, whatever the order of arrival; different state gives a
 //! different digest (up to SHA-256 collisions).
 //!
@@ -70,8 +70,11 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
     )?;
     feed(
         "products",
-        "SELECT sku, name, price_fen, active FROM products ORDER BY sku",
-        4,
+        "SELECT sku, name, price_fen, active, barcode, category, member_price_fen,
+            (SELECT group_concat(b.component_sku || '*' || b.qty, ';' ORDER BY b.component_sku)
+             FROM bundle_components b WHERE b.bundle_sku = products.sku)
+         FROM products ORDER BY sku",
+        8,
     )?;
     feed(
         "sales",

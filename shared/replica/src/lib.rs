@@ -9,12 +9,14 @@
 //! - [`views`]: the JSON shapes of the HTTP APIs.
 //! - [`node`]: logging, graceful shutdown, opening with migrations (both binaries).
 //! - [`api`]: the API error type and the reply of a write.
+//! - [`catalog`]: the catalog (products with HQ's fields, bundles) and its queries.
 //! - [`program`]: the membership program's state (HQ's rule set, count cards).
 //!
 //! Architecture invariant: a replica's queryable state is a pure function of the *set* of
 //! operations it holds, whatever order they arrived in.
 
 pub mod api;
+pub mod catalog;
 pub mod digest;
 pub mod node;
 pub mod program;

@@ -35,7 +35,8 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::RulesSet(_))
         | Op::V1(OpV1::CountCardTemplateUpsert(_))
         | Op::V1(OpV1::RefundLines(_))
-        | Op::V1(OpV1::GiftUpsert(_)) => None,
+        | Op::V1(OpV1::GiftUpsert(_))
+        | Op::V1(OpV1::CatalogItemUpsert(_)) => None,
         Op::V1(OpV1::GiftRedeem(redemption)) => Some(redemption.member_id),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
@@ -212,44 +213,20 @@ pub fn project_refund(
     Ok(())
 }
 
-/// Last writer wins, by (HLC, origin): the same winner on every replica whatever the order.
+/// Last writer wins, by (HLC, origin), for name, price and active; HQ's catalog fields are
+/// kept (see `chainsync_core::catalog`). The same result on every replica whatever the order.
 pub fn project_product(
     conn: &Connection,
     product: &ProductRecord,
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached("SELECT hlc_wall_ms, hlc_counter, origin FROM products WHERE sku = ?1")?
-        .query_row([&product.sku], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
-    if current.is_some_and(|current| current >= incoming) {
-        return Ok(());
-    }
-    conn.prepare_cached(
-        "INSERT INTO products (sku, name, price_fen, active, hlc_wall_ms, hlc_counter, origin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen,
-             active = excluded.active, hlc_wall_ms = excluded.hlc_wall_ms,
-             hlc_counter = excluded.hlc_counter, origin = excluded.origin",
-    )?
-    .execute(params![
-        product.sku,
-        product.name,
-        product.price.0,
-        product.active,
-        incoming.0,
-        incoming.1,
-        incoming.2,
-    ])?;
-    Ok(())
+    crate::catalog::project_write(
+        conn,
+        chainsync_core::catalog::ProductWrite::Product(product),
+        hlc,
+        origin,
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +237,8 @@ pub enum ApplyError {
     Member(#[from] chainsync_core::member::MemberError),
     #[error("ledger entry: {0}")]
     Entry(#[from] chainsync_core::ledger::EntryError),
+    #[error("catalog item: {0}")]
+    CatalogItem(#[from] chainsync_core::catalog::ItemError),
     #[error("operation fields disagree with its envelope")]
     Mismatch,
 }
@@ -276,6 +255,9 @@ pub fn apply_remote(
         if entry.origin != envelope.origin || entry.seq != envelope.seq {
             return Err(ApplyError::Mismatch);
         }
+    }
+    if let Op::V1(OpV1::CatalogItemUpsert(item)) = &envelope.op {
+        item.validate()?;
     }
     if !insert_op(conn, envelope)? {
         return Ok(false);
@@ -339,6 +321,9 @@ pub fn apply_remote(
         }
         Op::V1(OpV1::GiftRedeem(redemption)) => {
             crate::program::project_gift_redemption(conn, redemption, &envelope.origin)?
+        }
+        Op::V1(OpV1::CatalogItemUpsert(item)) => {
+            crate::catalog::project_item(conn, item, envelope.hlc, &envelope.origin)?
         }
     }
     Ok(true)

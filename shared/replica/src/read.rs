@@ -457,30 +457,12 @@ pub fn checkouts(conn: &Connection, limit: usize) -> Result<Vec<CheckoutView>, A
 }
 
 pub fn products(conn: &Connection) -> Result<Vec<ProductView>, ApiError> {
-    let mut statement =
-        conn.prepare_cached("SELECT sku, name, price_fen, active FROM products ORDER BY sku")?;
-    let rows = statement.query_map([], |row| {
-        Ok(ProductView {
-            sku: row.get(0)?,
-            name: row.get(1)?,
-            price_fen: row.get(2)?,
-            active: row.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let filter = crate::catalog::CatalogFilter::default();
+    Ok(crate::catalog::products_page(conn, &filter, 0, usize::MAX >> 1)?.0)
 }
 
 pub fn product(conn: &Connection, sku: &str) -> rusqlite::Result<Option<ProductView>> {
-    conn.prepare_cached("SELECT sku, name, price_fen, active FROM products WHERE sku = ?1")?
-        .query_row([sku], |row| {
-            Ok(ProductView {
-                sku: row.get(0)?,
-                name: row.get(1)?,
-                price_fen: row.get(2)?,
-                active: row.get(3)?,
-            })
-        })
-        .optional()
+    crate::catalog::product(conn, sku)
 }
 
 /// HQ's current offline allowance policy (the default until HQ sets one).

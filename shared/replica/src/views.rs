@@ -168,12 +168,26 @@ pub struct NewProduct {
     pub price_fen: AmountInput,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProductView {
     pub sku: String,
     pub name: String,
     pub price_fen: i64,
     pub active: bool,
+    /// From HQ's catalog (null for products only a store set).
+    pub barcode: Option<String>,
+    pub category: Option<String>,
+    /// What a member pays, when set (never more than `price_fen`).
+    pub member_price_fen: Option<i64>,
+    /// A bundle's components (empty for a plain item).
+    pub components: Vec<ComponentView>,
+}
+
+/// `qty` units of `sku` in one unit of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ComponentView {
+    pub sku: String,
+    pub qty: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -239,7 +239,8 @@ impl Projection {
             | OpV1::RulesSet(_)
             | OpV1::RefundLines(_)
             | OpV1::GiftUpsert(_)
-            | OpV1::GiftRedeem(_) => {}
+            | OpV1::GiftRedeem(_)
+            | OpV1::CatalogItemUpsert(_) => {}
         }
         true
     }
