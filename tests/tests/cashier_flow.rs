@@ -134,7 +134,8 @@ fn register_recharge_checkout_refund_and_ledger() -> Result<()> {
     let a = node.add_product("SKU-A", "可口可乐 2L", 1_299)?;
     assert_eq!(
         a,
-        json!({"sku": "SKU-A", "name": "可口可乐 2L", "price_fen": 1_299, "active": true})
+        json!({"sku": "SKU-A", "name": "可口可乐 2L", "price_fen": 1_299, "active": true,
+            "barcode": null, "category": null, "member_price_fen": null, "components": []})
     );
     node.add_product("SKU-B", "大米 5kg", 2_500)?;
     node.add_product("SKU-C", "口香糖", 99)?;

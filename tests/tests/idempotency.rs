@@ -259,7 +259,8 @@ fn product_replay_returns_the_first_response() -> Result<()> {
     let (_, products) = node.get("/api/v1/products")?;
     assert_eq!(
         products["products"],
-        json!([{"sku": "RICE", "name": "大米", "price_fen": 2_990, "active": true}]),
+        json!([{"sku": "RICE", "name": "大米", "price_fen": 2_990, "active": true,
+            "barcode": null, "category": null, "member_price_fen": null, "components": []}]),
         "{products}"
     );
     Ok(())
