@@ -721,7 +721,10 @@ async fn not_found() -> ApiError {
         crate::program::get_rules, crate::program::put_rules,
         crate::program::create_count_card_template, crate::program::list_count_card_templates,
         crate::program::list_member_count_cards, crate::program::create_gift,
-        crate::program::list_gifts),
+        crate::program::list_gifts, crate::catalog::list_catalog, crate::catalog::list_bundles,
+        crate::catalog::get_item, crate::catalog::put_item, crate::catalog::get_bundle,
+        crate::catalog::put_bundle, crate::catalog::import_catalog,
+        crate::catalog::export_catalog),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;
@@ -749,6 +752,7 @@ pub fn router(hub: HubState) -> Router {
         )
         .merge(crate::reports::http::routes())
         .merge(crate::program::routes())
+        .merge(crate::catalog::routes())
         .fallback(not_found)
         .with_state(hub)
 }

@@ -9,10 +9,12 @@
 //! - [`server`]: accepting stores over QUIC, identity and revocation checks, sessions.
 //! - [`http`]: HQ's HTTP API.
 //! - [`users`]: HQ users, roles, passwords, API and session tokens.
+//! - [`catalog`]: HQ's catalog (items, bundles), CSV import and export.
 //! - [`audit`]: the audit log of exports and manual adjustments.
 //! - [`reports`]: member search, segments, reports, CSV/xlsx export, the report CLI.
 
 pub mod audit;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod exceptions;

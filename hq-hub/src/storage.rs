@@ -318,6 +318,62 @@ pub fn author_with(
     Ok((head, envelope))
 }
 
+/// Author many HQ operations in one transaction (all or nothing: e.g. a catalog import).
+/// Returns the new log head.
+pub fn author_all(
+    conn: &mut Connection,
+    ops: Vec<OpV1>,
+    now_ms: u64,
+) -> Result<u64, HubStorageError> {
+    let hub = StoreId::hub();
+    let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (wall_ms, counter): (i64, i64) = transaction
+        .prepare_cached(
+            "SELECT COALESCE(MAX(hlc_wall_ms), 0),
+                COALESCE((SELECT MAX(hlc_counter) FROM ops WHERE hlc_wall_ms =
+                          (SELECT MAX(hlc_wall_ms) FROM ops)), 0)
+         FROM ops",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let own_seq: i64 = transaction
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM ops WHERE origin = ?1")?
+        .query_row([hub.as_str()], |row| row.get(0))?;
+    let mut clock = chainsync_core::Hlc::starting_after(HlcTimestamp {
+        wall_ms: wall_ms.max(0) as u64,
+        counter: u32::try_from(counter.max(0)).unwrap_or(u32::MAX),
+    });
+    let mut seq = own_seq.max(0) as u64;
+    for op in ops {
+        seq += 1;
+        let hlc = clock
+            .now(now_ms)
+            .map_err(|e| HubStorageError::Damaged(e.to_string()))?;
+        let envelope = Envelope {
+            origin: hub.clone(),
+            seq,
+            hlc,
+            op: Op::V1(op),
+        };
+        let before = crate::reports::index::before_apply(&transaction, &envelope)?;
+        let new = project::apply_remote(&transaction, &hub, &envelope).map_err(|e| {
+            HubStorageError::Invalid {
+                origin: hub.to_string(),
+                seq,
+                reason: e.to_string(),
+            }
+        })?;
+        if new {
+            crate::reports::index::after_apply(&transaction, &envelope, before)?;
+        }
+        transaction
+            .prepare_cached("INSERT INTO relay_log (origin, seq) VALUES (?1, ?2)")?
+            .execute((hub.as_str(), seq as i64))?;
+    }
+    let head = log_head(&transaction)?;
+    transaction.commit()?;
+    Ok(head)
+}
+
 impl HubSide for SqliteHubSide {
     type Error = HubStorageError;
 

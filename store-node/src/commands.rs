@@ -675,11 +675,16 @@ pub fn checkout_as(
                     format!("line {index}: unknown SKU {:?}", line.sku),
                 )
             })?;
+        // A bundle is priced as one line at its own price; a member pays the member price.
         lines.push(PricedLine {
+            unit_price: chainsync_core::catalog::unit_price(
+                Fen(product.price_fen),
+                product.member_price_fen.map(Fen),
+                request.member_id.is_some(),
+            ),
             sku: product.sku,
             name: product.name,
             qty,
-            unit_price: Fen(product.price_fen),
         });
     }
     let mut payments = Vec::with_capacity(request.payments.len());

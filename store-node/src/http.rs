@@ -302,13 +302,58 @@ async fn create_product(
         .await
 }
 
-#[utoipa::path(get, path = "/api/v1/products", responses((status = 200, body = ProductList)), security(("bearer" = [])))]
+/// Filters of `GET /api/v1/products` (all optional; none: every product).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ProductQuery {
+    /// Exact barcode (a scanner's read).
+    pub barcode: Option<String>,
+    pub category: Option<String>,
+    pub active: Option<bool>,
+    /// SKU, barcode or name fragment.
+    pub q: Option<String>,
+    /// Only bundles (true) or only plain items (false).
+    pub bundle: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/v1/products", params(ProductQuery),
+    responses((status = 200, body = ProductList), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 async fn list_products(
     State(app): State<AppState>,
     _caller: Caller,
+    query: Result<Query<ProductQuery>, QueryRejection>,
 ) -> Result<Json<ProductList>, ApiError> {
-    let products = app.reads.run(read::products).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let filter = chainsync_replica::catalog::CatalogFilter {
+        category: query.category.filter(|c| !c.is_empty()),
+        active: query.active,
+        q: query.q.filter(|q| !q.is_empty()),
+        barcode: query.barcode.filter(|b| !b.is_empty()),
+        bundle: query.bundle,
+    };
+    let products = app
+        .reads
+        .run(move |conn| {
+            Ok(chainsync_replica::catalog::products_page(conn, &filter, 0, usize::MAX >> 1)?.0)
+        })
+        .await?;
     Ok(Json(ProductList { products }))
+}
+
+#[utoipa::path(get, path = "/api/v1/products/{sku}", params(("sku" = String, Path)),
+    responses((status = 200, body = ProductView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_product(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ProductView>, ApiError> {
+    let Path(sku) = path.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let lookup = sku.clone();
+    app.reads
+        .run(move |conn| Ok(read::product(conn, &lookup)?))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(404, "unknown_sku", format!("no product with SKU {sku:?}")))
 }
 
 #[utoipa::path(post, path = "/api/v1/checkouts", request_body = NewCheckout,
@@ -590,7 +635,7 @@ async fn not_found() -> ApiError {
 #[openapi(
     info(title = "chainsync store-node API", description = "Cashier and POS API of one store. Money is integer 分."),
     paths(healthz, create_member, search_members, get_member, patch_member, member_ledger,
-        create_recharge, create_product, list_products, create_checkout, list_checkouts,
+        create_recharge, create_product, list_products, get_product, create_checkout, list_checkouts,
         get_checkout, create_refund, sync_status, sync_digest,
         crate::member_search::member_search, crate::program::get_rules,
         crate::program::create_points_adjustment, crate::program::list_count_card_templates,
@@ -611,6 +656,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/members/{id}/ledger", get(member_ledger))
         .route("/api/v1/members/{id}/recharges", post(create_recharge))
         .route("/api/v1/products", post(create_product).get(list_products))
+        .route("/api/v1/products/{sku}", get(get_product))
         .route(
             "/api/v1/checkouts",
             post(create_checkout).get(list_checkouts),

@@ -208,6 +208,85 @@ pub fn unit_price(price: Fen, member_price: Option<Fen>, is_member: bool) -> Fen
     }
 }
 
+/// Why a yuan amount (`12.50`) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum YuanError {
+    #[error("not a number of yuan (like 12.50)")]
+    NotANumber,
+    #[error("below zero")]
+    Negative,
+    #[error("more than 2 decimals")]
+    TooPrecise,
+    #[error("more than {max} 分", max = limits::amount_fen_max)]
+    TooLarge,
+}
+
+impl YuanError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            YuanError::NotANumber | YuanError::TooPrecise => "bad_number",
+            YuanError::Negative => "negative_price",
+            YuanError::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Parse yuan with up to 2 decimals (`12`, `12.5`, `12.50`) into 分, exactly (no floats).
+pub fn parse_yuan(text: &str) -> Result<Fen, YuanError> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (digits, ""),
+    };
+    let all_digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return Err(YuanError::NotANumber);
+    }
+    if digits.ends_with('.') {
+        return Err(YuanError::NotANumber);
+    }
+    if fraction.len() > 2 {
+        return Err(YuanError::TooPrecise);
+    }
+    // At most 10 whole digits before anything is multiplied, so nothing can overflow.
+    let whole = whole.trim_start_matches('0');
+    if whole.len() > 10 {
+        return Err(if negative {
+            YuanError::Negative
+        } else {
+            YuanError::TooLarge
+        });
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| YuanError::NotANumber)?
+    };
+    let cents: i64 = match fraction.len() {
+        0 => 0,
+        1 => fraction.parse::<i64>().map_err(|_| YuanError::NotANumber)? * 10,
+        _ => fraction.parse().map_err(|_| YuanError::NotANumber)?,
+    };
+    let fen = whole * 100 + cents;
+    if negative && fen != 0 {
+        return Err(YuanError::Negative);
+    }
+    if fen > limits::amount_fen_max {
+        return Err(YuanError::TooLarge);
+    }
+    Ok(Fen(fen))
+}
+
+/// 分 as yuan with 2 decimals (`1250` → `12.50`), the format [`parse_yuan`] reads.
+pub fn format_yuan(fen: Fen) -> String {
+    let sign = if fen.0 < 0 { "-" } else { "" };
+    let abs = fen.0.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
 /// The order of writes to one SKU: HLC time, then origin store id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stamp {
@@ -357,6 +436,29 @@ mod tests {
             normalize(twice),
             Err(ItemError::DuplicateComponent { .. })
         ));
+    }
+
+    #[test]
+    fn yuan_parse_exactly() {
+        assert_eq!(parse_yuan("12.50"), Ok(Fen(1_250)));
+        assert_eq!(parse_yuan("12.5"), Ok(Fen(1_250)));
+        assert_eq!(parse_yuan("12"), Ok(Fen(1_200)));
+        assert_eq!(parse_yuan("0.07"), Ok(Fen(7)));
+        assert_eq!(parse_yuan("0"), Ok(Fen(0)));
+        assert_eq!(parse_yuan("-1"), Err(YuanError::Negative));
+        assert_eq!(parse_yuan("1.234"), Err(YuanError::TooPrecise));
+        assert_eq!(parse_yuan("abc"), Err(YuanError::NotANumber));
+        assert_eq!(parse_yuan("1e3"), Err(YuanError::NotANumber));
+        assert_eq!(parse_yuan(""), Err(YuanError::NotANumber));
+        assert_eq!(parse_yuan("12."), Err(YuanError::NotANumber));
+        assert_eq!(parse_yuan(".5"), Err(YuanError::NotANumber));
+        assert_eq!(parse_yuan("10000000.01"), Err(YuanError::TooLarge));
+        assert_eq!(parse_yuan("99999999999999999999"), Err(YuanError::TooLarge));
+        assert_eq!(format_yuan(Fen(1_250)), "12.50");
+        assert_eq!(format_yuan(Fen(7)), "0.07");
+        for fen in [0, 1, 99, 100, 123_456, limits::amount_fen_max] {
+            assert_eq!(parse_yuan(&format_yuan(Fen(fen))), Ok(Fen(fen)));
+        }
     }
 
     #[test]
