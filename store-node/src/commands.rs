@@ -29,6 +29,9 @@ use chainsync_replica::{project, read};
 pub struct Local {
     pub store: StoreId,
     pub rules: Rules,
+    /// Sell (and send out) below zero stock, flagged (true, the default), or refuse with
+    /// 409 `insufficient_stock` (store.toml `allow_negative_stock`).
+    pub allow_negative_stock: bool,
     hlc: Hlc,
     next_seq: u64,
     ids: IdGenerator,
@@ -60,6 +63,7 @@ impl Local {
         Ok(Local {
             store,
             rules,
+            allow_negative_stock: true,
             hlc: Hlc::starting_after(last),
             next_seq: max_seq.max(0) as u64 + 1,
             ids: IdGenerator::new(),
@@ -760,6 +764,7 @@ pub fn checkout_as(
     };
     let envelope = local.emit(conn, now_ms, OpV1::Sale(sale.clone()))?;
     project::project_sale(conn, &sale, &envelope.origin)?;
+    let stock_below_zero = crate::stock::write_sale(conn, local, &sale, now_ms)?;
     for code in &request.coupons {
         let redemption = CouponRedemption {
             id: local.new_id(now_ms)?,
@@ -776,6 +781,7 @@ pub fn checkout_as(
         }
     }
     let mut view: CheckoutView = read::sale_view(local.store.as_str(), &sale, false);
+    view.stock_below_zero = stock_below_zero;
     if let Some(member_id) = member_id {
         let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
         view.balance_fen = Some(after.principal.0.saturating_add(after.bonus.0));

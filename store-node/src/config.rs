@@ -23,6 +23,10 @@ pub struct StoreConfig {
     /// `STORE_NODE_WEBHOOK_URL` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Sell below zero stock (flagged in the answer and the stock view) or refuse with 409
+    /// `insufficient_stock`; `STORE_NODE_ALLOW_NEGATIVE_STOCK` overrides it. Default: allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_negative_stock: Option<bool>,
 }
 
 fn default_listen_string() -> String {

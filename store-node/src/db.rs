@@ -26,6 +26,8 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::program::schema_v3),
         M::up(chainsync_replica::program::schema_v4),
         M::up(chainsync_replica::catalog::schema_v1),
+        M::up(chainsync_replica::stock::schema_v1),
+        M::up(crate::stock::schema_v1),
     ])
 }
 

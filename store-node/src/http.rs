@@ -152,6 +152,7 @@ async fn healthz(State(app): State<AppState>) -> Json<Health> {
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::membership_http::MembershipDoc::openapi());
+    doc.merge(crate::stock_http::StockDoc::openapi());
     Json(doc)
 }
 
@@ -610,8 +611,12 @@ async fn sync_status(
 /// `GET /api/v1/sync/digest`
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DigestView {
-    /// Hex SHA-256 of the replicated state: equal on two replicas ⇔ converged.
+    /// Hex SHA-256 of the state every replica holds: equal on two replicas ⇔ converged.
     pub digest: String,
+    /// Hex SHA-256 per scope of data a store shares only with the hub: `stock:<store>` (its
+    /// movements and levels) and `transfers:<store>` (transfers from or to it). A store lists
+    /// its own scopes; the same scope has the same hash wherever it is held.
+    pub scopes: std::collections::BTreeMap<String, String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/sync/digest", responses((status = 200, body = DigestView)),
@@ -620,11 +625,17 @@ async fn sync_digest(
     State(app): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<DigestView>, ApiError> {
-    let digest = app
+    let store = app.store_id.clone();
+    let (digest, scopes) = app
         .reads
-        .run(|conn| Ok(chainsync_replica::digest::snapshot_digest(conn)?))
+        .run(move |conn| {
+            Ok(chainsync_replica::digest::snapshot_digest_and_scopes(
+                conn,
+                Some(&[store]),
+            )?)
+        })
         .await?;
-    Ok(Json(DigestView { digest }))
+    Ok(Json(DigestView { digest, scopes }))
 }
 
 async fn not_found() -> ApiError {
@@ -671,6 +682,7 @@ pub fn router(app: AppState) -> Router {
         )
         .merge(crate::membership_http::routes())
         .merge(crate::program::routes())
+        .merge(crate::stock_http::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(request_body_bytes_max))
         .with_state(app)

@@ -30,6 +30,8 @@ pub mod membership_http;
 pub mod outbox;
 pub mod program;
 pub mod refunds;
+pub mod stock;
+pub mod stock_http;
 pub mod sync_client;
 pub mod sync_side;
 pub mod writer;

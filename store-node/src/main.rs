@@ -57,6 +57,10 @@ enum Command {
         /// Webhook for outbox messages (overrides `webhook_url` in the config file).
         #[arg(long, env = "STORE_NODE_WEBHOOK_URL")]
         webhook_url: Option<String>,
+        /// Sell below zero stock, flagged (true) or refuse it (false); overrides
+        /// `allow_negative_stock` in the config file (default: true).
+        #[arg(long, env = "STORE_NODE_ALLOW_NEGATIVE_STOCK")]
+        allow_negative_stock: Option<bool>,
     },
     /// Show the store's identity and what it holds.
     Status {
@@ -108,7 +112,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             webhook_url,
-        } => serve(data_dir, listen, webhook_url),
+            allow_negative_stock,
+        } => serve(data_dir, listen, webhook_url, allow_negative_stock),
         Command::Status { data_dir } => status(data_dir),
     }
 }
@@ -156,6 +161,7 @@ fn init(
         name: name.to_owned(),
         listen: config::default_listen.to_owned(),
         webhook_url: None,
+        allow_negative_stock: None,
     };
     config.write_new(&data_dir)?;
     let conn = db::open_writer(&config::database_path(&data_dir))?;
@@ -209,6 +215,7 @@ fn serve(
     data_dir: PathBuf,
     listen: Option<String>,
     webhook_url: Option<String>,
+    allow_negative_stock: Option<bool>,
 ) -> anyhow::Result<()> {
     let config = StoreConfig::load(&data_dir)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
@@ -225,7 +232,10 @@ fn serve(
     let conn = db::open_writer(&database)?;
     chainsync_replica::node::checkpoint_in_background(&conn, &database)?;
     let rules = Rules::default();
-    let local = Local::load(&conn, config.store_id.clone(), rules.clone())?;
+    let mut local = Local::load(&conn, config.store_id.clone(), rules.clone())?;
+    local.allow_negative_stock = allow_negative_stock
+        .or(config.allow_negative_stock)
+        .unwrap_or(true);
     let reads = Arc::new(ReadPool::open(&database, 4)?);
     let (writer, writer_thread) = Writer::start(conn, local)?;
     let bundle_path = config::bundle_path(&data_dir);

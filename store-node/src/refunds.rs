@@ -145,6 +145,8 @@ pub fn refund_sale(
     };
     let envelope = local.emit(conn, now_ms, OpV1::RefundLines(refund_lines.clone()))?;
     program::project_refund_lines(conn, &refund_lines, &envelope.origin)?;
+    let returned: Vec<(usize, i64)> = wanted.iter().map(|l| (l.line, l.qty)).collect();
+    crate::stock::write_sale_return(conn, local, &sale, refund_id, &returned, now_ms)?;
     let (mut balance_fen, mut points) = (None, None);
     let (mut points_restored, mut points_taken_back) = (0, 0);
     for movement in &plan.movements {

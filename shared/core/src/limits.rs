@@ -26,3 +26,5 @@ pub const amount_fen_max: i64 = 1_000_000_000;
 pub const hlc_drift_ms_max: u64 = 5 * 60 * 1000;
 /// Largest encoded replicated operation, in bytes.
 pub const op_bytes_max: usize = 256 * 1024;
+/// Most movements in one stock batch (and lines in one transfer).
+pub const stock_batch_movements_max: usize = 200;

@@ -68,6 +68,10 @@ pub enum OpV1 {
     /// HQ's catalog item (SKU, barcode, name, category, prices, bundle components); merged
     /// with `ProductUpsert` as two last-writer-wins registers (`crate::catalog::merge`).
     CatalogItemUpsert(crate::catalog::CatalogItem),
+    /// Stock movements written together by the store that holds the goods.
+    StockMovements(crate::stock::MovementBatch),
+    /// A transfer between two stores asked for (by a store or by HQ).
+    TransferRequest(crate::stock::TransferRequest),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -193,7 +197,31 @@ impl Op {
             Op::V1(OpV1::GiftUpsert(_)) => "gift",
             Op::V1(OpV1::GiftRedeem(_)) => "gift_redeem",
             Op::V1(OpV1::CatalogItemUpsert(_)) => "catalog_item",
+            Op::V1(OpV1::StockMovements(_)) => "stock_movements",
+            Op::V1(OpV1::TransferRequest(_)) => "transfer_request",
         }
+    }
+
+    /// The stores an operation concerns when it does not concern every replica: stock and
+    /// transfers replicate to the hub and to the stores they concern (the store that holds the
+    /// goods; a transfer's source and destination). None: every store.
+    pub fn concerns(&self) -> Option<Vec<&StoreId>> {
+        match self {
+            Op::V1(OpV1::StockMovements(batch)) => Some(match &batch.transfer {
+                Some(ends) => vec![&batch.store, &ends.from, &ends.to],
+                None => vec![&batch.store],
+            }),
+            Op::V1(OpV1::TransferRequest(request)) => {
+                Some(vec![&request.ends.from, &request.ends.to])
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `store` should receive this operation (see [`Op::concerns`]).
+    pub fn concerns_store(&self, store: &StoreId) -> bool {
+        self.concerns()
+            .is_none_or(|stores| stores.iter().any(|s| *s == store))
     }
 }
 

@@ -181,6 +181,119 @@ impl StockState {
     }
 }
 
+/// The two ends of a transfer, carried by every operation of it so the hub can relay it to
+/// exactly the stores it concerns without looking anything up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferEnds {
+    pub id: Uuid,
+    pub from: StoreId,
+    pub to: StoreId,
+}
+
+/// Movements written together by one store (the one that holds the goods): the lines of a
+/// checkout, a refund, a receipt, a stocktake's adjustments, a transfer shipped or received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovementBatch {
+    pub id: Uuid,
+    pub store: StoreId,
+    /// The transfer every movement of the batch belongs to (transfer out / in batches only).
+    pub transfer: Option<TransferEnds>,
+    pub movements: Vec<Movement>,
+    /// What caused it (checkout, refund or stocktake id), if anything.
+    pub cause: Option<Uuid>,
+    /// Unix ms at the store.
+    pub at_ms: u64,
+}
+
+/// A transfer asked for (by a store or by HQ): what should go from `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub ends: TransferEnds,
+    /// (sku, quantity > 0), at most one line per SKU.
+    pub lines: Vec<(String, i64)>,
+    pub note: Option<String>,
+    /// Unix ms when requested.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("movement {index}: {error}")]
+    Movement { index: usize, error: MovementError },
+    #[error("a batch holds 1 to {max} movements")]
+    Size { max: usize },
+    #[error("every movement of a batch belongs to the batch's store and transfer")]
+    Mismatch,
+    #[error("a transfer goes between two different stores")]
+    SameStore,
+    #[error("a transfer request has 1 to {max} lines, each a distinct SKU with a quantity > 0")]
+    RequestLines { max: usize },
+}
+
+impl MovementBatch {
+    /// Checks each movement, the batch size, and that every movement is the batch store's and
+    /// belongs to the batch's transfer (out at its source, in at its destination).
+    pub fn check(&self) -> Result<(), BatchError> {
+        let max = crate::limits::stock_batch_movements_max;
+        if self.movements.is_empty() || self.movements.len() > max {
+            return Err(BatchError::Size { max });
+        }
+        if let Some(ends) = &self.transfer
+            && ends.from == ends.to
+        {
+            return Err(BatchError::SameStore);
+        }
+        for (index, m) in self.movements.iter().enumerate() {
+            m.check()
+                .map_err(|error| BatchError::Movement { index, error })?;
+            if m.store != self.store || m.transfer != self.transfer.as_ref().map(|t| t.id) {
+                return Err(BatchError::Mismatch);
+            }
+            if let Some(ends) = &self.transfer {
+                let at_right_end = match m.kind {
+                    MovementKind::TransferOut => ends.from == self.store,
+                    MovementKind::TransferIn => ends.to == self.store,
+                    _ => false,
+                };
+                if !at_right_end {
+                    return Err(BatchError::Mismatch);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TransferRequest {
+    pub fn check(&self) -> Result<(), BatchError> {
+        let max = crate::limits::stock_batch_movements_max;
+        if self.ends.from == self.ends.to {
+            return Err(BatchError::SameStore);
+        }
+        let skus: BTreeSet<&str> = self.lines.iter().map(|(sku, _)| sku.as_str()).collect();
+        let lines_ok = !self.lines.is_empty()
+            && self.lines.len() <= max
+            && skus.len() == self.lines.len()
+            && self.lines.iter().all(|(sku, qty)| {
+                !sku.trim().is_empty()
+                    && sku.chars().count() <= crate::limits::sku_chars_max
+                    && (1..=crate::limits::line_qty_max).contains(qty)
+            });
+        if !lines_ok {
+            return Err(BatchError::RequestLines { max });
+        }
+        Ok(())
+    }
+}
+
+/// What a stocktake's count adjusts: `counted − expected`, where `expected` is the stock the
+/// store held for the SKU when the count was recorded (movements after that moment, a sale
+/// during the count or one arriving later, are already in the stock and must not be counted
+/// again). Zero means no adjustment.
+pub fn stocktake_adjustment(counted: i64, expected_at_count: i64) -> i64 {
+    counted.saturating_sub(expected_at_count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +366,58 @@ mod tests {
         );
         assert!(scenario().iter().all(|m| m.check().is_ok()));
         assert!(mv(1, "a", "x", -1, Stocktake, None).check().is_ok());
+    }
+
+    #[test]
+    fn batches_are_checked() {
+        use MovementKind::*;
+        let ends = TransferEnds {
+            id: Uuid::from_u128(100),
+            from: store("a"),
+            to: store("b"),
+        };
+        let batch = |movements: Vec<Movement>, transfer: Option<TransferEnds>| MovementBatch {
+            id: Uuid::from_u128(9),
+            store: store("a"),
+            transfer,
+            movements,
+            cause: None,
+            at_ms: 0,
+        };
+        assert!(batch(vec![mv(1, "a", "x", 3, Receipt, None)], None).check().is_ok());
+        assert_eq!(batch(vec![], None).check(), Err(BatchError::Size { max: 200 }));
+        assert_eq!(
+            batch(vec![mv(1, "b", "x", 3, Receipt, None)], None).check(),
+            Err(BatchError::Mismatch)
+        );
+        assert!(
+            batch(vec![mv(1, "a", "x", -3, TransferOut, Some(100))], Some(ends.clone()))
+                .check()
+                .is_ok()
+        );
+        // The source cannot write the destination's receipt.
+        assert_eq!(
+            batch(vec![mv(1, "a", "x", 3, TransferIn, Some(100))], Some(ends.clone())).check(),
+            Err(BatchError::Mismatch)
+        );
+        assert!(matches!(
+            batch(vec![mv(1, "a", "x", 0, Receipt, None)], None).check(),
+            Err(BatchError::Movement { index: 0, .. })
+        ));
+        let request = TransferRequest {
+            ends: ends.clone(),
+            lines: vec![("x".into(), 5), ("y".into(), 1)],
+            note: None,
+            at_ms: 0,
+        };
+        assert!(request.check().is_ok());
+        let mut twice = request.clone();
+        twice.lines.push(("x".into(), 1));
+        assert!(twice.check().is_err());
+        let mut zero = request.clone();
+        zero.lines[0].1 = 0;
+        assert!(zero.check().is_err());
+        assert_eq!(stocktake_adjustment(8, 10), -2);
     }
 
     proptest! {

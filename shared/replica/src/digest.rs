@@ -4,7 +4,8 @@
 //! different digest (up to SHA-256 collisions).
 //!
 //! Every ledger entry, coupon templates, coupons, their redemptions and HQ's allowance policy
-//! are included; stock joins when it exists.
+//! are included. Stock and transfers are not: a store holds only its own (the hub relays them
+//! only to the stores they concern), so they are hashed per scope (`crate::stock::scope_digests`).
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -126,4 +127,19 @@ pub fn snapshot_digest(conn: &Connection) -> rusqlite::Result<String> {
     let digest = digest?;
     end?;
     Ok(digest)
+}
+
+/// [`state_digest`] and the scope digests (`crate::stock::scope_digests`) of `stores` (None:
+/// every store seen, as the hub lists them) in one read transaction.
+pub fn snapshot_digest_and_scopes(
+    conn: &Connection,
+    stores: Option<&[String]>,
+) -> rusqlite::Result<(String, std::collections::BTreeMap<String, String>)> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let result = state_digest(conn)
+        .and_then(|digest| Ok((digest, crate::stock::scope_digests(conn, stores, &[])?)));
+    let end = conn.execute_batch("COMMIT");
+    let result = result?;
+    end?;
+    Ok(result)
 }

@@ -11,6 +11,7 @@
 //! - [`api`]: the API error type and the reply of a write.
 //! - [`catalog`]: the catalog (products with HQ's fields, bundles) and its queries.
 //! - [`program`]: the membership program's state (HQ's rule set, count cards).
+//! - [`stock`]: stock movements, levels and transfers; per-store scope digests.
 //!
 //! Architecture invariant: a replica's queryable state is a pure function of the *set* of
 //! operations it holds, whatever order they arrived in.
@@ -23,4 +24,5 @@ pub mod program;
 pub mod project;
 pub mod read;
 pub mod sqlite;
+pub mod stock;
 pub mod views;

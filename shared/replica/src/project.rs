@@ -36,7 +36,9 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::CountCardTemplateUpsert(_))
         | Op::V1(OpV1::RefundLines(_))
         | Op::V1(OpV1::GiftUpsert(_))
-        | Op::V1(OpV1::CatalogItemUpsert(_)) => None,
+        | Op::V1(OpV1::CatalogItemUpsert(_))
+        | Op::V1(OpV1::StockMovements(_))
+        | Op::V1(OpV1::TransferRequest(_)) => None,
         Op::V1(OpV1::GiftRedeem(redemption)) => Some(redemption.member_id),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
@@ -241,6 +243,8 @@ pub enum ApplyError {
     CatalogItem(#[from] chainsync_core::catalog::ItemError),
     #[error("operation fields disagree with its envelope")]
     Mismatch,
+    #[error("stock: {0}")]
+    Stock(#[from] chainsync_core::stock::BatchError),
 }
 
 /// Apply an operation that came from another replica: record it, then project it.
@@ -258,6 +262,27 @@ pub fn apply_remote(
     }
     if let Op::V1(OpV1::CatalogItemUpsert(item)) = &envelope.op {
         item.validate()?;
+    }
+    match &envelope.op {
+        // Stock is authored by the store that holds the goods; a transfer is asked for by one
+        // of its ends or by HQ.
+        Op::V1(OpV1::StockMovements(batch)) => {
+            batch.check()?;
+            if batch.store != envelope.origin {
+                return Err(ApplyError::Mismatch);
+            }
+        }
+        Op::V1(OpV1::TransferRequest(request)) => {
+            request.check()?;
+            let ends = &request.ends;
+            if envelope.origin != ends.from
+                && envelope.origin != ends.to
+                && envelope.origin != StoreId::hub()
+            {
+                return Err(ApplyError::Mismatch);
+            }
+        }
+        _ => {}
     }
     if !insert_op(conn, envelope)? {
         return Ok(false);
@@ -324,6 +349,10 @@ pub fn apply_remote(
         }
         Op::V1(OpV1::CatalogItemUpsert(item)) => {
             crate::catalog::project_item(conn, item, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::StockMovements(batch)) => crate::stock::project_movements(conn, batch)?,
+        Op::V1(OpV1::TransferRequest(request)) => {
+            crate::stock::project_transfer_request(conn, request, &envelope.origin)?
         }
     }
     Ok(true)

@@ -376,6 +376,7 @@ pub fn sale_view(store_id: &str, sale: &SaleRecord, refunded: bool) -> CheckoutV
         refunded,
         created_ms: sale.at_ms,
         receipt: String::new(),
+        stock_below_zero: Vec::new(),
     };
     view.receipt = receipt(&view);
     view

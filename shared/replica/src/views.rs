@@ -261,6 +261,17 @@ pub struct CheckoutView {
     pub created_ms: u64,
     /// A plain-text receipt for the till printer.
     pub receipt: String,
+    /// SKUs this checkout left below zero at the store, with their stock after it (only in
+    /// the checkout response; selling below zero is allowed unless the store refuses it).
+    #[serde(default)]
+    pub stock_below_zero: Vec<StockFlag>,
+}
+
+/// A SKU and its stock at the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StockFlag {
+    pub sku: String,
+    pub qty: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

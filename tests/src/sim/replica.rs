@@ -240,7 +240,9 @@ impl Projection {
             | OpV1::RefundLines(_)
             | OpV1::GiftUpsert(_)
             | OpV1::GiftRedeem(_)
-            | OpV1::CatalogItemUpsert(_) => {}
+            | OpV1::CatalogItemUpsert(_)
+            | OpV1::StockMovements(_)
+            | OpV1::TransferRequest(_) => {}
         }
         true
     }
