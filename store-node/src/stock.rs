@@ -240,11 +240,7 @@ pub(crate) fn write_sale(
     sale: &SaleRecord,
     now_ms: u64,
 ) -> Result<Vec<StockFlag>, ApiError> {
-    let deltas = deltas_of(
-        conn,
-        sale.lines.iter().map(|l| (l.sku.clone(), l.qty)),
-        -1,
-    )?;
+    let deltas = deltas_of(conn, sale.lines.iter().map(|l| (l.sku.clone(), l.qty)), -1)?;
     let (_, _, below_zero) = write_batch(
         conn,
         local,
@@ -351,10 +347,7 @@ pub struct NewThreshold {
     pub min_qty: Option<i64>,
 }
 
-pub fn set_threshold(
-    conn: &Connection,
-    request: NewThreshold,
-) -> Result<Reply, ApiError> {
+pub fn set_threshold(conn: &Connection, request: NewThreshold) -> Result<Reply, ApiError> {
     known_sku(conn, 0, &request.sku)?;
     match request.min_qty {
         Some(min_qty) if (0..=1_000_000).contains(&min_qty) => {
@@ -366,7 +359,10 @@ pub fn set_threshold(
         }
         Some(_) => return Err(ApiError::invalid_field("min_qty must be from 0 to 1000000")),
         None => {
-            conn.execute("DELETE FROM stock_thresholds WHERE sku = ?1", [&request.sku])?;
+            conn.execute(
+                "DELETE FROM stock_thresholds WHERE sku = ?1",
+                [&request.sku],
+            )?;
         }
     }
     Reply::new(
@@ -390,7 +386,9 @@ pub fn store_levels(
         "SELECT sku, min_qty FROM stock_thresholds WHERE (?1 IS NULL OR sku = ?1)",
     )?;
     let thresholds = statement
-        .query_map([sku], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?
+        .query_map([sku], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (sku, min_qty) in thresholds {
         let level = levels.entry(sku.clone()).or_insert(StockLevelView {
@@ -429,7 +427,9 @@ pub fn build_transfer_request(
             .map_err(|e| ApiError::invalid_field(format!("{field}: {e}")))
             .and_then(|store| {
                 if store == StoreId::hub() {
-                    Err(ApiError::invalid_field(format!("{field}: hq holds no stock")))
+                    Err(ApiError::invalid_field(format!(
+                        "{field}: hq holds no stock"
+                    )))
                 } else {
                     Ok(store)
                 }
@@ -453,7 +453,9 @@ pub fn build_transfer_request(
         note,
         at_ms: now_ms,
     };
-    transfer.check().map_err(|e| ApiError::invalid_field(e.to_string()))?;
+    transfer
+        .check()
+        .map_err(|e| ApiError::invalid_field(e.to_string()))?;
     Ok(transfer)
 }
 
@@ -502,8 +504,13 @@ pub fn ship_transfer(
     request: TransferLinesInput,
     now_ms: u64,
 ) -> Result<Reply, ApiError> {
-    let (from, to, requested, shipped, _) =
-        replica_stock::transfer_state(conn, id)?.ok_or_else(unknown_transfer)?;
+    let replica_stock::TransferSteps {
+        from,
+        to,
+        requested,
+        shipped,
+        ..
+    } = replica_stock::transfer_state(conn, id)?.ok_or_else(unknown_transfer)?;
     if !requested {
         return Err(unknown_transfer());
     }
@@ -561,8 +568,9 @@ pub fn receive_transfer(
     request: TransferLinesInput,
     now_ms: u64,
 ) -> Result<Reply, ApiError> {
-    let (from, to, _, _, received) =
-        replica_stock::transfer_state(conn, id)?.ok_or_else(unknown_transfer)?;
+    let replica_stock::TransferSteps {
+        from, to, received, ..
+    } = replica_stock::transfer_state(conn, id)?.ok_or_else(unknown_transfer)?;
     if to != local.store.as_str() {
         return Err(ApiError::new(
             409,

@@ -231,7 +231,11 @@ pub async fn ship_transfer(
     caller.require_manager()?;
     let id = path_id(path, unknown_transfer)?;
     let request: TransferLinesInput = parse_json_or_default(&body)?;
-    let idempotency = idempotency(&headers, &format!("POST /api/v1/transfers/{id}/ship"), &body)?;
+    let idempotency = idempotency(
+        &headers,
+        &format!("POST /api/v1/transfers/{id}/ship"),
+        &body,
+    )?;
     app.writer
         .submit(
             idempotency,
@@ -368,9 +372,20 @@ pub async fn finish_stocktake(
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(create_movements, get_stock, get_alerts, set_threshold, list_transfers,
-    create_transfer, ship_transfer, receive_transfer, create_stocktake, get_stocktake,
-    create_counts, finish_stocktake))]
+#[openapi(paths(
+    create_movements,
+    get_stock,
+    get_alerts,
+    set_threshold,
+    list_transfers,
+    create_transfer,
+    ship_transfer,
+    receive_transfer,
+    create_stocktake,
+    get_stocktake,
+    create_counts,
+    finish_stocktake
+))]
 pub struct StockDoc;
 
 pub fn routes() -> Router<AppState> {

@@ -16,7 +16,11 @@ fn manager_ok(node: &StoreNode, path: &str, body: &Value) -> Result<Value> {
 }
 
 fn stock_of(node: &StoreNode, sku: &str) -> Result<Value> {
-    let list = expect_status(node.get(&format!("/api/v1/stock?sku={sku}"))?, &[200], "stock")?;
+    let list = expect_status(
+        node.get(&format!("/api/v1/stock?sku={sku}"))?,
+        &[200],
+        "stock",
+    )?;
     Ok(list["stock"]
         .as_array()
         .and_then(|levels| levels.first().cloned())
@@ -33,10 +37,15 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
     node.add_product("P1", "牙膏", 1_000)?;
     node.add_product("P2", "牙刷", 500)?;
 
-    let receipt = json!({"kind": "receipt", "lines": [{"sku": "P1", "qty": 10}], "reason": "供应商A"});
+    let receipt =
+        json!({"kind": "receipt", "lines": [{"sku": "P1", "qty": 10}], "reason": "供应商A"});
     // Cashiers do not move stock.
     let (status, body) = node.post("/api/v1/stock/movements", &receipt)?;
-    assert_eq!((status, error_code(&body)), (403, Some("forbidden")), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, Some("forbidden")),
+        "{body}"
+    );
     // A retried receipt (same key) is written once.
     for _ in 0..2 {
         let reply = node.api().post(
@@ -51,13 +60,26 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
 
     // Bad input changes nothing.
     for (body, code) in [
-        (json!({"kind": "theft", "lines": [{"sku": "P1", "qty": 1}]}), "invalid_field"),
-        (json!({"kind": "damage", "lines": [{"sku": "P1", "qty": 0}]}), "invalid_qty"),
-        (json!({"kind": "damage", "lines": [{"sku": "NOPE", "qty": 1}]}), "unknown_sku"),
+        (
+            json!({"kind": "theft", "lines": [{"sku": "P1", "qty": 1}]}),
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "damage", "lines": [{"sku": "P1", "qty": 0}]}),
+            "invalid_qty",
+        ),
+        (
+            json!({"kind": "damage", "lines": [{"sku": "NOPE", "qty": 1}]}),
+            "unknown_sku",
+        ),
         (json!({"kind": "damage", "lines": []}), "invalid_field"),
     ] {
         let (status, reply) = manager_post(&node, "/api/v1/stock/movements", &body)?;
-        assert_eq!((status, error_code(&reply)), (422, Some(code)), "{body} → {reply}");
+        assert_eq!(
+            (status, error_code(&reply)),
+            (422, Some(code)),
+            "{body} → {reply}"
+        );
     }
     assert_eq!(qty(&node, "P1")?, 10);
 
@@ -83,7 +105,11 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
         "/api/v1/stock/movements",
         &json!({"kind": "supplier_return", "lines": [{"sku": "P1", "qty": 2}]}),
     )?;
-    assert_eq!(returned["stock"], json!([{"sku": "P1", "qty": 5}]), "{returned}");
+    assert_eq!(
+        returned["stock"],
+        json!([{"sku": "P1", "qty": 5}]),
+        "{returned}"
+    );
 
     // Low-stock alert at the threshold.
     manager_ok(
@@ -92,7 +118,11 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
         &json!({"sku": "P1", "min_qty": 5}),
     )?;
     let alerts = expect_status(node.get("/api/v1/stock/alerts")?, &[200], "alerts")?;
-    assert_eq!(alerts["stock"].as_array().map(Vec::len), Some(1), "{alerts}");
+    assert_eq!(
+        alerts["stock"].as_array().map(Vec::len),
+        Some(1),
+        "{alerts}"
+    );
     assert_eq!(alerts["stock"][0]["sku"], "P1");
     assert_eq!(alerts["stock"][0]["low_stock"], true);
     assert_eq!(alerts["stock"][0]["threshold"], 5);
@@ -100,9 +130,16 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
     // Selling below zero: allowed by default, and said so.
     let short = node.checkout(&json!({"lines": [{"sku": "P2", "qty": 2}],
         "payments": [{"method": "cash", "amount_fen": 1_000}]}))?;
-    assert_eq!(short["stock_below_zero"], json!([{"sku": "P2", "qty": -2}]), "{short}");
+    assert_eq!(
+        short["stock_below_zero"],
+        json!([{"sku": "P2", "qty": -2}]),
+        "{short}"
+    );
     let p2 = stock_of(&node, "P2")?;
-    assert_eq!((p2["qty"].as_i64(), p2["below_zero"].as_bool()), (Some(-2), Some(true)));
+    assert_eq!(
+        (p2["qty"].as_i64(), p2["below_zero"].as_bool()),
+        (Some(-2), Some(true))
+    );
 
     // The store refuses it once its setting says so.
     let config = node.data_dir().join("store.toml");
@@ -114,9 +151,23 @@ fn movements_sales_refunds_alerts_and_selling_below_zero() -> Result<()> {
         &json!({"lines": [{"sku": "P1", "qty": 1}, {"sku": "P2", "qty": 1}],
                 "payments": [{"method": "cash", "amount_fen": 1_500}]}),
     )?;
-    assert_eq!((status, error_code(&body)), (409, Some("insufficient_stock")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("P2"), "{body}");
-    assert_eq!((qty(&node, "P1")?, qty(&node, "P2")?), (5, -2), "nothing changed");
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, Some("insufficient_stock")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("P2"),
+        "{body}"
+    );
+    assert_eq!(
+        (qty(&node, "P1")?, qty(&node, "P2")?),
+        (5, -2),
+        "nothing changed"
+    );
     let checkouts = expect_status(node.get("/api/v1/checkouts")?, &[200], "checkouts")?;
     assert_eq!(checkouts["checkouts"].as_array().map(Vec::len), Some(2));
     // Within stock it sells.
@@ -139,7 +190,11 @@ fn stocktake_adjusts_against_the_stock_at_the_moment_of_counting() -> Result<()>
     let take = manager_ok(&node, "/api/v1/stocktakes", &json!({"note": "月末盘点"}))?;
     let id = take["id"].as_str().context("stocktake id")?.to_owned();
     let (status, body) = manager_post(&node, "/api/v1/stocktakes", &json!({}))?;
-    assert_eq!((status, error_code(&body)), (409, Some("stocktake_open")), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, Some("stocktake_open")),
+        "{body}"
+    );
 
     // P1 counted at 8 while the books say 10: two are missing.
     let counted = manager_ok(
@@ -151,8 +206,10 @@ fn stocktake_adjusts_against_the_stock_at_the_moment_of_counting() -> Result<()>
     assert_eq!(counted["counts"][0]["adjustment"], -2);
     // The till keeps selling during the count, and goods arrive: both are already in the
     // stock and must not be taken as count differences.
-    node.checkout(&json!({"lines": [{"sku": "P1", "qty": 2}, {"sku": "P2", "qty": 1}],
-        "payments": [{"method": "cash", "amount_fen": 2_500}]}))?;
+    node.checkout(
+        &json!({"lines": [{"sku": "P1", "qty": 2}, {"sku": "P2", "qty": 1}],
+        "payments": [{"method": "cash", "amount_fen": 2_500}]}),
+    )?;
     manager_ok(
         &node,
         "/api/v1/stock/movements",
@@ -164,19 +221,35 @@ fn stocktake_adjusts_against_the_stock_at_the_moment_of_counting() -> Result<()>
         &format!("/api/v1/stocktakes/{id}/counts"),
         &json!({"counts": [{"sku": "P2", "counted": 3}]}),
     )?;
-    let finished = manager_ok(&node, &format!("/api/v1/stocktakes/{id}/finish"), &json!({}))?;
+    let finished = manager_ok(
+        &node,
+        &format!("/api/v1/stocktakes/{id}/finish"),
+        &json!({}),
+    )?;
     assert!(finished["finished_ms"].is_u64(), "{finished}");
     // 8 on the shelf at the count, −2 sold, +5 received.
     assert_eq!(qty(&node, "P1")?, 11);
     assert_eq!(qty(&node, "P2")?, 3);
-    let (status, body) = manager_post(&node, &format!("/api/v1/stocktakes/{id}/finish"), &json!({}))?;
-    assert_eq!((status, error_code(&body)), (409, Some("stocktake_finished")), "{body}");
+    let (status, body) = manager_post(
+        &node,
+        &format!("/api/v1/stocktakes/{id}/finish"),
+        &json!({}),
+    )?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, Some("stocktake_finished")),
+        "{body}"
+    );
     assert_eq!(qty(&node, "P1")?, 11, "finishing twice adjusts once");
     let (status, body) = manager_post(
         &node,
         "/api/v1/stocktakes/00000000-0000-0000-0000-000000000000/counts",
         &json!({"counts": [{"sku": "P1", "counted": 1}]}),
     )?;
-    assert_eq!((status, error_code(&body)), (404, Some("unknown_stocktake")), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, Some("unknown_stocktake")),
+        "{body}"
+    );
     Ok(())
 }

@@ -220,8 +220,7 @@ impl Op {
 
     /// Whether `store` should receive this operation (see [`Op::concerns`]).
     pub fn concerns_store(&self, store: &StoreId) -> bool {
-        self.concerns()
-            .is_none_or(|stores| stores.iter().any(|s| *s == store))
+        self.concerns().is_none_or(|stores| stores.contains(&store))
     }
 }
 

@@ -384,20 +384,34 @@ mod tests {
             cause: None,
             at_ms: 0,
         };
-        assert!(batch(vec![mv(1, "a", "x", 3, Receipt, None)], None).check().is_ok());
-        assert_eq!(batch(vec![], None).check(), Err(BatchError::Size { max: 200 }));
+        assert!(
+            batch(vec![mv(1, "a", "x", 3, Receipt, None)], None)
+                .check()
+                .is_ok()
+        );
+        assert_eq!(
+            batch(vec![], None).check(),
+            Err(BatchError::Size { max: 200 })
+        );
         assert_eq!(
             batch(vec![mv(1, "b", "x", 3, Receipt, None)], None).check(),
             Err(BatchError::Mismatch)
         );
         assert!(
-            batch(vec![mv(1, "a", "x", -3, TransferOut, Some(100))], Some(ends.clone()))
-                .check()
-                .is_ok()
+            batch(
+                vec![mv(1, "a", "x", -3, TransferOut, Some(100))],
+                Some(ends.clone())
+            )
+            .check()
+            .is_ok()
         );
         // The source cannot write the destination's receipt.
         assert_eq!(
-            batch(vec![mv(1, "a", "x", 3, TransferIn, Some(100))], Some(ends.clone())).check(),
+            batch(
+                vec![mv(1, "a", "x", 3, TransferIn, Some(100))],
+                Some(ends.clone())
+            )
+            .check(),
             Err(BatchError::Mismatch)
         );
         assert!(matches!(

@@ -376,17 +376,29 @@ pub fn transfer(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Transfer
     Ok(all.into_iter().find(|t| t.id == id))
 }
 
+/// A transfer's ends and which steps this replica has seen.
+pub struct TransferSteps {
+    pub from: String,
+    pub to: String,
+    pub requested: bool,
+    pub shipped: bool,
+    pub received: bool,
+}
+
 /// A transfer's ends and whether it was shipped / received, cheaply.
-pub fn transfer_state(
-    conn: &Connection,
-    id: Uuid,
-) -> rusqlite::Result<Option<(String, String, bool, bool, bool)>> {
+pub fn transfer_state(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<TransferSteps>> {
     conn.prepare_cached(
         "SELECT from_store, to_store, requested_ms IS NOT NULL, shipped_ms IS NOT NULL,
             received_ms IS NOT NULL FROM transfers WHERE id = ?1",
     )?
     .query_row([id.to_string()], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+        Ok(TransferSteps {
+            from: row.get(0)?,
+            to: row.get(1)?,
+            requested: row.get(2)?,
+            shipped: row.get(3)?,
+            received: row.get(4)?,
+        })
     })
     .optional()
 }
