@@ -10,11 +10,13 @@
 //! - [`http`]: HQ's HTTP API.
 //! - [`users`]: HQ users, roles, passwords, API and session tokens.
 //! - [`catalog`]: HQ's catalog (items, bundles), CSV import and export.
+//! - [`catalog_cli`]: `hq-hub catalog import|export`, a client of a running hub.
 //! - [`audit`]: the audit log of exports and manual adjustments.
 //! - [`reports`]: member search, segments, reports, CSV/xlsx export, the report CLI.
 
 pub mod audit;
 pub mod catalog;
+pub mod catalog_cli;
 pub mod config;
 pub mod db;
 pub mod exceptions;

@@ -80,6 +80,8 @@ enum Command {
     /// Ask a running hub for a report, segments or a member search (prints a table or
     /// writes --out FILE.csv / FILE.xlsx).
     Report(hq_hub::reports::cli::ReportArgs),
+    /// Import or export HQ's catalog as CSV, through a running hub.
+    Catalog(hq_hub::catalog_cli::CatalogArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         } => serve(&data_dir, quic_listen, http_listen),
         Command::Status { data_dir } => status(&data_dir),
         Command::Report(args) => hq_hub::reports::cli::run(args),
+        Command::Catalog(args) => hq_hub::catalog_cli::run(args),
     }
 }
 

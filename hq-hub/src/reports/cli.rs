@@ -45,7 +45,7 @@ pub struct ReportArgs {
     pub print: String,
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(600)))
@@ -55,7 +55,7 @@ fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(config)
 }
 
-fn error_text(status: u16, body: &[u8]) -> String {
+pub fn error_text(status: u16, body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     match parsed
         .as_ref()
@@ -68,14 +68,32 @@ fn error_text(status: u16, body: &[u8]) -> String {
 }
 
 fn token(agent: &ureq::Agent, args: &ReportArgs) -> anyhow::Result<String> {
-    if let Some(token) = &args.token {
-        return Ok(token.clone());
+    login(
+        agent,
+        &args.hub,
+        args.user.as_deref(),
+        args.password.as_deref(),
+        args.token.as_deref(),
+    )
+}
+
+/// A token for the hub at `hub`: `token` itself, or a login as `user` (the password from
+/// `password` or a line of stdin).
+pub fn login(
+    agent: &ureq::Agent,
+    hub: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    if let Some(token) = token {
+        return Ok(token.to_owned());
     }
-    let Some(user) = &args.user else {
+    let Some(user) = user else {
         bail!("give --user (and a password) or --token");
     };
-    let password = match &args.password {
-        Some(password) => password.clone(),
+    let password = match password {
+        Some(password) => password.to_owned(),
         None => {
             eprint!("password for {user}: ");
             let _ = std::io::stderr().flush();
@@ -84,7 +102,7 @@ fn token(agent: &ureq::Agent, args: &ReportArgs) -> anyhow::Result<String> {
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    let url = format!("{}/api/v1/login", args.hub.trim_end_matches('/'));
+    let url = format!("{}/api/v1/login", hub.trim_end_matches('/'));
     let body = serde_json::json!({"name": user, "password": password}).to_string();
     let mut response = agent
         .post(&url)
