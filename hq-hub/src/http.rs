@@ -513,7 +513,11 @@ pub struct StoreList {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DigestView {
+    /// Hex SHA-256 of the state every replica holds.
     pub digest: String,
+    /// Per-store scopes (`stock:<store>`, `transfers:<store>`) for every enrolled store and
+    /// every store with stock here: equal to the store's own answer once converged.
+    pub scopes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -529,7 +533,9 @@ async fn healthz() -> Json<Health> {
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(HubApi::openapi())
+    let mut doc = HubApi::openapi();
+    doc.merge(crate::stock::StockApi::openapi());
+    Json(doc)
 }
 
 #[utoipa::path(get, path = "/api/v1/stores", responses((status = 200, body = StoreList)),
@@ -698,11 +704,28 @@ async fn digest(
     State(hub): State<HubState>,
     _caller: Caller,
 ) -> Result<Json<DigestView>, ApiError> {
-    let digest = hub
-        .reads
-        .run(|conn| Ok(chainsync_replica::digest::snapshot_digest(conn)?))
-        .await?;
-    Ok(Json(DigestView { digest }))
+    let (digest, scopes) = hub.reads.run(|conn| Ok(hub_digest(conn)?)).await?;
+    Ok(Json(DigestView { digest, scopes }))
+}
+
+/// The state digest and every store's scope digests, in one read transaction.
+pub fn hub_digest(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<(String, std::collections::BTreeMap<String, String>)> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let result = (|| -> rusqlite::Result<(String, std::collections::BTreeMap<String, String>)> {
+        let digest = chainsync_replica::digest::state_digest(conn)?;
+        let enrolled: Vec<String> = conn
+            .prepare_cached("SELECT store_id FROM stores")?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let scopes = chainsync_replica::stock::scope_digests(conn, None, &enrolled)?;
+        Ok((digest, scopes))
+    })();
+    let end = conn.execute_batch("COMMIT");
+    let result = result?;
+    end?;
+    Ok(result)
 }
 
 async fn not_found() -> ApiError {
@@ -753,6 +776,7 @@ pub fn router(hub: HubState) -> Router {
         .merge(crate::reports::http::routes())
         .merge(crate::program::routes())
         .merge(crate::catalog::routes())
+        .merge(crate::stock::routes())
         .fallback(not_found)
         .with_state(hub)
 }

@@ -24,6 +24,7 @@ pub mod http;
 pub mod program;
 pub mod reports;
 pub mod server;
+pub mod stock;
 pub mod storage;
 pub mod users;
 

@@ -430,6 +430,11 @@ impl HubSide for SqliteHubSide {
                 StoreId::parse(&origin).map_err(|e| HubStorageError::Damaged(e.to_string()))?;
             let body: Vec<u8> = row.get(5)?;
             let op = Op::decode(&body).map_err(|e| HubStorageError::Damaged(e.to_string()))?;
+            // Stock and transfers go only to the stores they concern (SPEC: "to the stores
+            // they concern"); the cursor (`upto`) still moves past what is skipped.
+            if !op.concerns_store(store) {
+                continue;
+            }
             ops.push(RelayedOp {
                 hub_seq,
                 envelope: Envelope {

@@ -169,7 +169,9 @@ impl HubSide for MemoryHub {
         let ops = self.log[start..end]
             .iter()
             .enumerate()
-            .filter(|(_, envelope)| envelope.origin != *store)
+            // Stock and transfers go only to the stores they concern; a skipped entry still
+            // moves the cursor (`end`).
+            .filter(|(_, envelope)| envelope.origin != *store && envelope.op.concerns_store(store))
             .map(|(offset, envelope)| RelayedOp {
                 hub_seq: (start + offset + 1) as u64,
                 envelope: envelope.clone(),
