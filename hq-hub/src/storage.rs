@@ -480,6 +480,11 @@ impl HubSide for SqliteHubSide {
         Ok(decision)
     }
 
+    fn member_changes(&self, member: &Uuid) -> Result<Vec<Vec<u8>>, HubStorageError> {
+        project::member_changes(&self.reader, *member)
+            .map_err(|e| HubStorageError::Damaged(e.to_string()))
+    }
+
     fn store_caught_up(&mut self, store: &StoreId, hello_ms: u64) -> Result<(), HubStorageError> {
         let mut book = self
             .reservations

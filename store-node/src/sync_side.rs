@@ -133,6 +133,11 @@ impl StoreSide for SqliteStoreSide {
             .map_err(|e| SideError::Writer(e.message))
     }
 
+    fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, SideError> {
+        chainsync_replica::project::member_changes(&self.conn, *member)
+            .map_err(|e| SideError::Damaged(0, e.to_string()))
+    }
+
     fn record_hub_acked(&mut self, acked_seq: u64) -> Result<(), SideError> {
         let job = Box::new(
             move |conn: &Connection, _: &mut crate::commands::Local, now_ms: u64| {

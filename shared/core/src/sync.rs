@@ -17,6 +17,13 @@
 //!   RelayAck{cursor = upto} ─▶                           (after the store made them durable)
 //! ```
 //!
+//! Versions: 1 sends batches plain; 2 may deflate a batch inside `Packed`; 3 sends `Push` and
+//! `Relay` as `PushCompact` / `RelayCompact`, in which member changes travel in compact form
+//! ([`compact`]: dependency hashes cut to prefixes, no actor), re-expanded by the receiving
+//! session to the exact original bytes before anything else sees them (storage, relays and
+//! digests only ever see whole changes). Each side sends the newer forms only to a peer that
+//! offered that version in the handshake.
+//!
 //! Both directions keep at most `sync_window_batches_max` batches unacknowledged. Every step is
 //! idempotent: duplicates are ignored by `(origin, seq)` and cursors only move forward, so a
 //! session cut at any point simply resumes from the durable cursors in the next one, and a
@@ -35,9 +42,13 @@ use std::collections::VecDeque;
 use crate::id::StoreId;
 use crate::op::{Envelope, Op, OpV1};
 
+pub mod compact;
+use compact::{WireOp, WireRelayedOp};
+
 /// The protocol version this build speaks. 2: `Push` and `Relay` may travel as `Packed`
-/// (deflated), to a peer that said it speaks 2 or later.
-pub const protocol_version_current: u16 = 2;
+/// (deflated), to a peer that said it speaks 2 or later. 3: they travel as `PushCompact` and
+/// `RelayCompact`, member changes in compact form ([`compact`]), to a peer that speaks 3.
+pub const protocol_version_current: u16 = 3;
 /// The oldest version the hub still serves (a hub serves stores one version older).
 pub const protocol_version_min: u16 = 1;
 
@@ -98,6 +109,19 @@ pub enum MessageV1 {
     /// a peer that speaks version 2; decoding unpacks it (see [`Message::encode_for`]).
     Packed {
         deflated: Vec<u8>,
+    },
+    /// Version 3: a `Push` whose member changes may be in compact form. Only sent to a peer
+    /// that speaks version 3; the receiver re-expands it to a `Push` (refusing it whole if a
+    /// change does not re-expand).
+    PushCompact {
+        ops: Vec<WireOp>,
+    },
+    /// Version 3: a `Relay` whose member changes may be in compact form.
+    RelayCompact {
+        ops: Vec<WireRelayedOp>,
+        from: u64,
+        upto: u64,
+        log_head: u64,
     },
 }
 
@@ -162,13 +186,47 @@ impl Message {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// Encode for a peer speaking `peer_version`: from version 2 on, a large `Push` or `Relay`
-    /// goes deflated inside `Packed` when that is smaller.
+    /// Encode for a peer speaking `peer_version`: from version 3 on, a `Push` or `Relay`
+    /// goes as `PushCompact` / `RelayCompact`; from version 2 on, a large batch goes deflated
+    /// inside `Packed` when that is smaller.
     pub fn encode_for(&self, peer_version: u16) -> Vec<u8> {
+        if peer_version >= 3 {
+            let compacted = match self {
+                Message::V1(MessageV1::Push { ops }) => Some(MessageV1::PushCompact {
+                    ops: ops.iter().map(compact::compact).collect(),
+                }),
+                Message::V1(MessageV1::Relay {
+                    ops,
+                    from,
+                    upto,
+                    log_head,
+                }) => Some(MessageV1::RelayCompact {
+                    ops: ops
+                        .iter()
+                        .map(|op| WireRelayedOp {
+                            hub_seq: op.hub_seq,
+                            op: compact::compact(&op.envelope),
+                        })
+                        .collect(),
+                    from: *from,
+                    upto: *upto,
+                    log_head: *log_head,
+                }),
+                _ => None,
+            };
+            if let Some(compacted) = compacted {
+                return Message::V1(compacted).encode_for(2);
+            }
+        }
         let plain = self.encode();
         let batch = matches!(
             self,
-            Message::V1(MessageV1::Push { .. } | MessageV1::Relay { .. })
+            Message::V1(
+                MessageV1::Push { .. }
+                    | MessageV1::Relay { .. }
+                    | MessageV1::PushCompact { .. }
+                    | MessageV1::RelayCompact { .. }
+            )
         );
         if peer_version < 2 || !batch || plain.len() < packed_bytes_min {
             return plain;
@@ -267,6 +325,9 @@ pub trait StoreSide {
     fn apply_relayed(&mut self, ops: &[RelayedOp], upto: u64) -> Result<(), Self::Error>;
     /// Remember that the hub holds our operations up to `acked_seq` (for status).
     fn record_hub_acked(&mut self, acked_seq: u64) -> Result<(), Self::Error>;
+    /// The automerge changes held for `member` (protocol 3 re-expands compact member
+    /// changes against their hashes).
+    fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, Self::Error>;
 }
 
 /// What the hub's storage offers a sync session.
@@ -306,6 +367,42 @@ pub trait HubSide {
         request: &AuthorizeRequest,
         now_ms: u64,
     ) -> Result<AuthorizeDecision, Self::Error>;
+    /// The automerge changes held for `member` (committed ones; protocol 3 re-expands
+    /// compact member changes against their hashes).
+    fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, Self::Error>;
+}
+
+/// Re-expand the compact member changes of a batch against what `held` returns for a member
+/// and the batch's own changes (`context`, then those before in the batch). Returns the
+/// operations in order, each with the index of the compact one that failed and why.
+fn expand_batch<E: std::fmt::Display>(
+    ops: Vec<WireOp>,
+    context: &[Envelope],
+    held: impl Fn(&uuid::Uuid) -> Result<Vec<Vec<u8>>, E>,
+) -> Result<(Vec<Envelope>, Vec<(u64, String)>), SyncError> {
+    let mut out: Vec<Envelope> = Vec::with_capacity(ops.len());
+    let mut failed = Vec::new();
+    for op in ops {
+        match op {
+            WireOp::Full(envelope) => out.push(envelope),
+            WireOp::Member(member_change) => {
+                let member = member_change.member_id();
+                let mut hashes = compact::hashes_in(context.iter().chain(out.iter()), member);
+                if !member_change.deps.is_empty() {
+                    for change in held(&member).map_err(storage)? {
+                        if let Some(hash) = compact::change_hash(&change) {
+                            hashes.push(hash);
+                        }
+                    }
+                }
+                match compact::expand(&member_change, &hashes) {
+                    Ok(envelope) => out.push(envelope),
+                    Err(problem) => failed.push((member_change.seq, problem)),
+                }
+            }
+        }
+    }
+    Ok((out, failed))
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> SyncError {
@@ -452,6 +549,15 @@ impl StoreSession {
         now_ms: u64,
     ) -> Result<(), SyncError> {
         let Message::V1(message) = message;
+        let message = match message {
+            MessageV1::RelayCompact {
+                ops,
+                from,
+                upto,
+                log_head,
+            } => self.expand_relay(ops, from, upto, log_head, side)?,
+            other => other,
+        };
         match (self.state, message) {
             (_, MessageV1::Refused { reason, message }) => {
                 Err(SyncError::Refused { reason, message })
@@ -546,6 +652,50 @@ impl StoreSession {
                 message_name(&other)
             ))),
         }
+    }
+
+    /// A `RelayCompact` as the `Relay` it stands for. Only a batch that will be applied (it
+    /// continues from our cursor) is re-expanded, and only its operations past the cursor;
+    /// one that does not re-expand refuses the whole batch (nothing of it is applied).
+    fn expand_relay<S: StoreSide>(
+        &mut self,
+        ops: Vec<WireRelayedOp>,
+        from: u64,
+        upto: u64,
+        log_head: u64,
+        side: &mut S,
+    ) -> Result<MessageV1, SyncError> {
+        if ops.len() > sync_batch_ops_max {
+            return Err(SyncError::Protocol(format!(
+                "a Relay holds at most {sync_batch_ops_max} operations"
+            )));
+        }
+        let cursor = side.relay_cursor().map_err(storage)?;
+        let mut relayed = Vec::new();
+        if from <= cursor && upto > cursor {
+            let (hub_seqs, wire): (Vec<u64>, Vec<WireOp>) = ops
+                .into_iter()
+                .filter(|op| op.hub_seq > cursor)
+                .map(|op| (op.hub_seq, op.op))
+                .unzip();
+            let (expanded, failed) = expand_batch(wire, &[], |member| side.member_changes(member))?;
+            if let Some((_, problem)) = failed.into_iter().next() {
+                return Err(SyncError::Protocol(format!(
+                    "relayed batch ({from}, {upto}] refused: {problem}"
+                )));
+            }
+            relayed = hub_seqs
+                .into_iter()
+                .zip(expanded)
+                .map(|(hub_seq, envelope)| RelayedOp { hub_seq, envelope })
+                .collect();
+        }
+        Ok(MessageV1::Relay {
+            ops: relayed,
+            from,
+            upto,
+            log_head,
+        })
     }
 
     /// New own operations were written locally.
@@ -685,6 +835,13 @@ impl HubSession {
                     self.check_push(&ops)?;
                     pushed.extend(ops);
                 }
+                Message::V1(MessageV1::PushCompact { ops })
+                    if self.state == HubSessionState::Ready =>
+                {
+                    let ops = self.expand_push(ops, &pushed, side)?;
+                    self.check_push(&ops)?;
+                    pushed.extend(ops);
+                }
                 other => {
                     if !pushed.is_empty() {
                         self.ingest_and_ack(&std::mem::take(&mut pushed), side)?;
@@ -697,6 +854,45 @@ impl HubSession {
             return Ok(());
         }
         self.ingest_and_ack(&pushed, side)
+    }
+
+    /// A `PushCompact`'s operations as the `Push` it stands for; `pending` are pushed operations
+    /// received before it and not yet ingested. A compact change that does not re-expand
+    /// refuses the session (nothing of the batch is kept) if the hub would ingest it next;
+    /// one the hub already holds, or past a gap (ingest stops before it anyway), is left out.
+    fn expand_push<H: HubSide>(
+        &mut self,
+        ops: Vec<WireOp>,
+        pending: &[Envelope],
+        side: &H,
+    ) -> Result<Vec<Envelope>, SyncError> {
+        if ops.len() > sync_batch_ops_max {
+            return Err(self.refuse(
+                RefuseReason::ProtocolViolation,
+                format!("a Push holds at most {sync_batch_ops_max} operations"),
+            ));
+        }
+        let (expanded, failed) = expand_batch(ops, pending, |member| side.member_changes(member))?;
+        if failed.is_empty() {
+            return Ok(expanded);
+        }
+        let acked = side.acked_seq(&self.store_id).map_err(storage)?;
+        let held: std::collections::BTreeSet<u64> = pending
+            .iter()
+            .chain(expanded.iter())
+            .filter(|envelope| envelope.origin == self.store_id)
+            .map(|envelope| envelope.seq)
+            .collect();
+        let mut next = acked.saturating_add(1);
+        while held.contains(&next) {
+            next = next.saturating_add(1);
+        }
+        for (seq, problem) in failed {
+            if seq == next {
+                return Err(self.refuse(RefuseReason::InvalidOperation, problem));
+            }
+        }
+        Ok(expanded)
     }
 
     /// Refuse a Push that is too big or holds an operation the store may not send.
@@ -807,6 +1003,11 @@ impl HubSession {
                 self.fill_relay_window(side)
             }
             (HubSessionState::Ready, MessageV1::Push { ops }) => {
+                self.check_push(&ops)?;
+                self.ingest_and_ack(&ops, side)
+            }
+            (HubSessionState::Ready, MessageV1::PushCompact { ops }) => {
+                let ops = self.expand_push(ops, &[], side)?;
                 self.check_push(&ops)?;
                 self.ingest_and_ack(&ops, side)
             }
@@ -929,6 +1130,8 @@ fn message_name(message: &MessageV1) -> &'static str {
         MessageV1::Authorize(_) => "Authorize",
         MessageV1::AuthorizeReply { .. } => "AuthorizeReply",
         MessageV1::Packed { .. } => "Packed",
+        MessageV1::PushCompact { .. } => "PushCompact",
+        MessageV1::RelayCompact { .. } => "RelayCompact",
     }
 }
 

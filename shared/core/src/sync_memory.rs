@@ -98,6 +98,24 @@ impl StoreSide for MemoryStore {
         self.hub_acked = self.hub_acked.max(acked_seq);
         Ok(())
     }
+
+    fn member_changes(&self, member: &Uuid) -> Result<Vec<Vec<u8>>, Infallible> {
+        Ok(member_changes_in(self.ops.values(), member))
+    }
+}
+
+/// The changes of `member` among `ops`.
+pub fn member_changes_in<'a>(
+    ops: impl Iterator<Item = &'a Envelope>,
+    member: &Uuid,
+) -> Vec<Vec<u8>> {
+    ops.filter_map(|envelope| match &envelope.op {
+        Op::V1(OpV1::MemberChange { member_id, change }) if member_id == member => {
+            Some(change.clone())
+        }
+        _ => None,
+    })
+    .collect()
 }
 
 /// The hub's replica: one log in acceptance order, and per-store cursors.
@@ -198,6 +216,10 @@ impl HubSide for MemoryHub {
     fn store_disconnected(&mut self, store: &StoreId) -> Result<(), Infallible> {
         self.reservations.store_disconnected(store);
         Ok(())
+    }
+
+    fn member_changes(&self, member: &Uuid) -> Result<Vec<Vec<u8>>, Infallible> {
+        Ok(member_changes_in(self.log.iter(), member))
     }
 
     fn authorize(

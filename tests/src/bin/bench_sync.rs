@@ -396,8 +396,10 @@ fn relay_catch_up(hub_bin: &Path, store_bin: &Path, count: u64) -> Result<Durati
 }
 
 struct EditFigures {
+    /// On the wire at the current protocol (3: member changes compact, batches deflated).
     ours_bytes: usize,
-    /// The same batches, deflated (what batch compression on the wire would give).
+    /// The same batches as protocol 2 sent them (whole changes, deflated).
+    ours_v2: usize,
     /// The same batches as protocol version 1 sent them (not deflated).
     ours_deflated: usize,
     ours_ms: f64,
@@ -409,8 +411,32 @@ struct EditFigures {
     one_doc_ms: f64,
 }
 
-fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
+/// `random_ids`: member ids as real ones are (UUIDv7: a millisecond time and 74 random bits)
+/// instead of 0, 1, 2, … (which deflate squeezes to almost nothing).
+fn member_edits(members: usize, edits_per_side: usize, random_ids: bool) -> Result<EditFigures> {
     let (a, b) = (StoreId::parse("ea")?, StoreId::parse("eb")?);
+    let mut id_rng = 0x9e37_79b9_7f4a_7c15u64;
+    let member_ids: Vec<Uuid> = (0..members)
+        .map(|n| {
+            if !random_ids {
+                return Uuid::from_u128(n as u128);
+            }
+            id_rng ^= id_rng << 13;
+            id_rng ^= id_rng >> 7;
+            id_rng ^= id_rng << 17;
+            let random = u128::from(id_rng) << 64 | u128::from(id_rng.rotate_left(29) ^ n as u64);
+            // Registered over about a year from 2026-01-01.
+            let ms = 1_767_225_600_000u128 + (n as u128 * 3_153_600);
+            Uuid::from_u128(
+                (ms << 80) | (0x7 << 76) | (random & 0x0fff_3fff_ffff_ffff_ffff) | (0x8 << 60),
+            )
+        })
+        .collect();
+    let member_index: std::collections::HashMap<Uuid, usize> = member_ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (*id, n))
+        .collect();
     // Our way: one automerge document per member, changes shipped as operations in batches.
     let mut saved = Vec::with_capacity(members);
     for n in 0..members {
@@ -456,7 +482,7 @@ fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
                         counter: 0,
                     },
                     op: Op::V1(OpV1::MemberChange {
-                        member_id: Uuid::from_u128(member as u128),
+                        member_id: member_ids[member],
                         change,
                     }),
                 });
@@ -465,14 +491,17 @@ fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
         }
     }
     let mut ours_bytes = 0;
+    let mut ours_v2 = 0;
     let mut ours_deflated = 0;
     for ops in &side_ops {
         for batch in ops.chunks(sync_batch_ops_max) {
             let push = Message::V1(MessageV1::Push {
                 ops: batch.to_vec(),
             });
-            // On the wire today (protocol 2: batches deflated), and as protocol 1 sent them.
+            // On the wire today (protocol 3: member changes compact, batches deflated), and
+            // as protocols 2 and 1 sent them.
             ours_bytes += push.encode_for(protocol_version_current).len() + 4;
+            ours_v2 += push.encode_for(2).len() + 4;
             ours_deflated += push.encode_for(1).len() + 4;
         }
     }
@@ -485,7 +514,7 @@ fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
             std::collections::HashMap::new();
         for envelope in ops {
             if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op {
-                let member = member_id.as_u128() as usize;
+                let member = member_index[member_id];
                 let bytes = current.get(&member).unwrap_or(&saved[member]);
                 let mut doc = MemberDoc::load(receiver, bytes)?;
                 doc.apply_changes(std::slice::from_ref(change))?;
@@ -506,14 +535,14 @@ fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
         let mut right = AutoCommit::load(&saved[member])?;
         for envelope in &side_ops[0] {
             if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op
-                && member_id.as_u128() as usize == member
+                && member_index[member_id] == member
             {
                 left.apply_changes([automerge::Change::from_bytes(change.clone())?])?;
             }
         }
         for envelope in &side_ops[1] {
             if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op
-                && member_id.as_u128() as usize == member
+                && member_index[member_id] == member
             {
                 right.apply_changes([automerge::Change::from_bytes(change.clone())?])?;
             }
@@ -547,6 +576,7 @@ fn member_edits(members: usize, edits_per_side: usize) -> Result<EditFigures> {
     let one_doc_ms = started.elapsed().as_secs_f64() * 1_000.0;
     Ok(EditFigures {
         ours_bytes,
+        ours_v2,
         ours_deflated,
         ours_ms,
         per_doc_bytes,
@@ -606,6 +636,10 @@ fn main() -> Result<()> {
         }
     }
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if wanted("edits") && only.is_some() {
+        // Needs no server binaries.
+        return edits();
+    }
     let (hub_bin, store_bin) = binaries()?;
     if wanted("ingest") {
         let (rate, elapsed) = ingest(&hub_bin, stores, entries)?;
@@ -638,10 +672,14 @@ fn catch_up(hub_bin: &Path, store_bin: &Path) -> Result<()> {
 }
 
 fn edits() -> Result<()> {
-    let edits = member_edits(10_000, 1_000)?;
+    let edits = member_edits(10_000, 1_000, false)?;
     println!(
-        "| 1,000 member edits per side on 10,000 members, our operations (batches of 256, protocol 2: deflated) | {} bytes; apply {:.0} ms |",
+        "| 1,000 member edits per side on 10,000 members, our operations (batches of 256, protocol {protocol_version_current}: compact member changes, deflated) | {} bytes; apply {:.0} ms |",
         edits.ours_bytes, edits.ours_ms
+    );
+    println!(
+        "| same, as protocol 2 sent them (whole changes, deflated) | {} bytes |",
+        edits.ours_v2
     );
     println!(
         "| same, as protocol 1 sent them (not deflated) | {} bytes |",
@@ -662,6 +700,14 @@ fn edits() -> Result<()> {
     println!(
         "| bytes, automerge per-document sync ÷ ours | {:.1}× |",
         edits.per_doc_bytes as f64 / edits.ours_bytes.max(1) as f64
+    );
+    let random = member_edits(10_000, 1_000, true)?;
+    println!(
+        "| same with member ids as real ones are (UUIDv7), ours at protocol {protocol_version_current} / 2 | {} / {} bytes; automerge one document {} bytes ({:.1}× ours) |",
+        random.ours_bytes,
+        random.ours_v2,
+        random.one_doc_bytes,
+        random.one_doc_bytes as f64 / random.ours_bytes.max(1) as f64
     );
     Ok(())
 }

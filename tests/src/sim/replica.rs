@@ -581,6 +581,10 @@ impl StoreSide for StoreReplica {
         self.mem.relay_cursor().map_err(never)
     }
 
+    fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, String> {
+        StoreSide::member_changes(&self.mem, member).map_err(never)
+    }
+
     fn apply_relayed(&mut self, ops: &[RelayedOp], upto: u64) -> Result<(), String> {
         self.mem.apply_relayed(ops, upto).map_err(never)?;
         for op in ops {
@@ -717,6 +721,10 @@ impl HubSide for HubNode {
 
     fn acked_seq(&self, store: &StoreId) -> Result<u64, String> {
         self.mem.acked_seq(store).map_err(never)
+    }
+
+    fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, String> {
+        HubSide::member_changes(&self.mem, member).map_err(never)
     }
 
     fn ingest(&mut self, store: &StoreId, ops: &[Envelope]) -> Result<u64, String> {

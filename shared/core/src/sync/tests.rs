@@ -511,40 +511,443 @@ fn a_packed_message_may_not_inflate_past_the_limit_nor_nest() {
     assert!(Message::decode(&garbage.encode()).is_err());
 }
 
-#[test]
-fn a_hub_serves_a_store_one_version_older() {
-    let mut store = MemoryStore::new(store_id("old"));
-    write_entries(&mut store, 600, 3);
-    let mut hub = MemoryHub::default();
-    let mut store_session = StoreSession::speaking(
-        protocol_version_current - 1,
-        store.store_id.clone(),
-        &store,
-        0,
-    )
-    .unwrap();
+/// Run a session between `store` (offering `version`) and `hub` through the encoder and
+/// decoder, until nothing moves; return what the hub and the store sent, decoded plain.
+fn session_over_the_wire(
+    version: u16,
+    store: &mut MemoryStore,
+    hub: &mut MemoryHub,
+) -> (Vec<Message>, Vec<Message>) {
+    let mut store_session =
+        StoreSession::speaking(version, store.store_id.clone(), store, 0).unwrap();
     let mut hub_session = HubSession::new(store.store_id.clone(), 0);
-    for _ in 0..20 {
+    let (mut store_sent, mut hub_sent) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let mut moved = false;
         while let Some(message) = store_session.poll_transmit() {
-            // What the old store sends is what an old build would send: plain.
+            moved = true;
+            // What a store of `version` sends is what a build of that version would send.
             let bytes = message.encode_for(store_session.peer_version());
+            store_sent.push(unpacked(&bytes));
             hub_session
-                .handle_message(Message::decode(&bytes).unwrap(), &mut hub, 0)
+                .handle_message(Message::decode(&bytes).unwrap(), hub, 0)
                 .unwrap();
         }
         while let Some(message) = hub_session.poll_transmit() {
-            // The hub answers in the old version: nothing packed.
+            moved = true;
             let bytes = message.encode_for(hub_session.peer_version());
-            assert!(!matches!(
-                Message::decode_plain_for_tests(&bytes),
-                Ok(Message::V1(MessageV1::Packed { .. }))
-            ));
+            if version < 2 {
+                assert!(!matches!(
+                    Message::decode_plain_for_tests(&bytes),
+                    Ok(Message::V1(MessageV1::Packed { .. }))
+                ));
+            }
+            hub_sent.push(unpacked(&bytes));
             store_session
-                .handle_message(Message::decode(&bytes).unwrap(), &mut store, 0)
+                .handle_message(Message::decode(&bytes).unwrap(), store, 0)
                 .unwrap();
         }
+        if !moved {
+            break;
+        }
     }
-    assert_eq!(hub_session.peer_version(), protocol_version_current - 1);
-    assert_eq!(store_session.peer_version(), protocol_version_current - 1);
-    assert_eq!(hub.acked_seq(&store.store_id).unwrap(), 600);
+    assert_eq!(hub_session.peer_version(), version);
+    assert_eq!(store_session.peer_version(), version);
+    (store_sent, hub_sent)
+}
+
+/// A message as it travels, unpacked (but not re-expanded).
+fn unpacked(bytes: &[u8]) -> Message {
+    match Message::decode_plain_for_tests(bytes).unwrap() {
+        Message::V1(MessageV1::Packed { deflated }) => {
+            let mut inflated = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::DeflateDecoder::new(deflated.as_slice()),
+                &mut inflated,
+            )
+            .unwrap();
+            Message::decode_plain_for_tests(&inflated).unwrap()
+        }
+        message => message,
+    }
+}
+
+fn is_compact(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::V1(MessageV1::PushCompact { .. } | MessageV1::RelayCompact { .. })
+    )
+}
+
+/// Member documents edited at two stores: `a` creates `members` members, then both edit them.
+fn member_edits(a: &mut MemoryStore, b: &mut MemoryStore, members: u128, edits: u64) {
+    use crate::member::{MemberDoc, Profile, ProfilePatch};
+    let mut docs = Vec::new();
+    for n in 0..members {
+        let profile = Profile {
+            name: format!("会员{n}"),
+            phone: format!("139{n:08}"),
+            card_no: format!("{:06}", 100_000 + n),
+            ..Profile::default()
+        };
+        let (mut doc, change) = MemberDoc::create(&a.store_id, &profile, 10).unwrap();
+        let seq = a.own_max() + 1;
+        a.write_local(member_envelope(&a.store_id, seq, 10, n, change));
+        docs.push(doc.save());
+    }
+    for (k, store) in [a, b].into_iter().enumerate() {
+        for e in 0..edits {
+            let n = u128::from(e) % members;
+            let mut doc = MemberDoc::load(&store.store_id, &docs[n as usize]).unwrap();
+            for (_, envelope) in store.ops.iter() {
+                if let Op::V1(OpV1::MemberChange { member_id, change }) = &envelope.op
+                    && member_id.as_u128() == n
+                {
+                    doc.apply_changes(std::slice::from_ref(change)).unwrap();
+                }
+            }
+            let patch = ProfilePatch {
+                note: Some(Some(format!("note {k}-{e}"))),
+                ..Default::default()
+            };
+            let at = 20 + e;
+            let change = doc.edit(&patch, at).unwrap().unwrap();
+            let seq = store.own_max() + 1;
+            store.write_local(member_envelope(&store.store_id, seq, at, n, change));
+        }
+    }
+}
+
+fn member_envelope(store: &StoreId, seq: u64, at: u64, member: u128, change: Vec<u8>) -> Envelope {
+    Envelope {
+        origin: store.clone(),
+        seq,
+        hlc: HlcTimestamp {
+            wall_ms: at,
+            counter: 0,
+        },
+        op: Op::V1(OpV1::MemberChange {
+            member_id: Uuid::from_u128(member),
+            change,
+        }),
+    }
+}
+
+#[test]
+fn a_hub_serves_stores_one_and_two_versions_older() {
+    for version in [protocol_version_current - 1, protocol_version_current - 2] {
+        let mut a = MemoryStore::new(store_id("old"));
+        let mut b = MemoryStore::new(store_id("new"));
+        write_entries(&mut a, 600, 3);
+        member_edits(&mut a, &mut b, 5, 20);
+        let mut hub = MemoryHub::default();
+        let (sent, _) = session_over_the_wire(version, &mut a, &mut hub);
+        assert!(!sent.iter().any(is_compact), "version {version}");
+        assert_eq!(hub.acked_seq(&a.store_id).unwrap(), a.own_max());
+        // The other store speaks the current version; the old one receives its changes whole.
+        session_over_the_wire(protocol_version_current, &mut b, &mut hub);
+        let (_, relayed) = session_over_the_wire(version, &mut a, &mut hub);
+        assert!(!relayed.iter().any(is_compact), "version {version}");
+        assert!(
+            relayed
+                .iter()
+                .any(|m| matches!(m, Message::V1(MessageV1::Relay { ops, .. }) if !ops.is_empty()))
+        );
+        assert_eq!(a.ops.len(), hub.log.len());
+    }
+}
+
+#[test]
+fn member_changes_travel_compact_at_version_3_and_arrive_byte_identical() {
+    let mut a = MemoryStore::new(store_id("a"));
+    let mut b = MemoryStore::new(store_id("b"));
+    member_edits(&mut a, &mut b, 7, 40);
+    write_entries(&mut b, 10, 3);
+    let mut hub = MemoryHub::default();
+    let (sent_a, _) = session_over_the_wire(protocol_version_current, &mut a, &mut hub);
+    let (sent_b, relayed_b) = session_over_the_wire(protocol_version_current, &mut b, &mut hub);
+    let (_, relayed_a) = session_over_the_wire(protocol_version_current, &mut a, &mut hub);
+    for messages in [&sent_a, &sent_b, &relayed_a, &relayed_b] {
+        assert!(messages.iter().any(is_compact));
+        // Every member change travelled compact (all have the origin's actor).
+        for message in messages.iter() {
+            let ops: Vec<&WireOp> = match message {
+                Message::V1(MessageV1::PushCompact { ops }) => ops.iter().collect(),
+                Message::V1(MessageV1::RelayCompact { ops, .. }) => {
+                    ops.iter().map(|op| &op.op).collect()
+                }
+                _ => continue,
+            };
+            for op in ops {
+                if let WireOp::Full(envelope) = op {
+                    assert!(!matches!(envelope.op, Op::V1(OpV1::MemberChange { .. })));
+                }
+            }
+        }
+    }
+    // Same operations, byte for byte, everywhere.
+    let at_hub: std::collections::BTreeMap<(StoreId, u64), Envelope> = hub
+        .log
+        .iter()
+        .map(|e| ((e.origin.clone(), e.seq), e.clone()))
+        .collect();
+    assert_eq!(a.ops, at_hub);
+    assert_eq!(b.ops, at_hub);
+}
+
+#[test]
+fn a_compact_change_that_does_not_re_expand_is_refused_and_nothing_of_its_batch_kept() {
+    let mut a = MemoryStore::new(store_id("a"));
+    let mut b = MemoryStore::new(store_id("b"));
+    member_edits(&mut a, &mut b, 3, 6);
+    let mut hub = MemoryHub::default();
+    // The hub holds none of `b`'s dependencies (a's creations), so b's first edit cannot
+    // re-expand; and a checksum that does not match refuses even with them held.
+    let mut hub_session = HubSession::new(b.store_id.clone(), 0);
+    hub_session
+        .handle_message(
+            Message::V1(MessageV1::Hello {
+                protocol_version: protocol_version_current,
+                store_id: b.store_id.clone(),
+                own_seq_max: b.own_max(),
+                relay_cursor: 0,
+            }),
+            &mut hub,
+            0,
+        )
+        .unwrap();
+    let push = Message::V1(MessageV1::Push {
+        ops: b.own_ops_after(0, 256).unwrap(),
+    });
+    let received = Message::decode(&push.encode_for(protocol_version_current)).unwrap();
+    let refused = hub_session.handle_messages(vec![received], &mut hub, 0);
+    assert!(
+        matches!(refused, Err(SyncError::RefusedPeer { reason: RefuseReason::InvalidOperation, ref message }) if message.contains("not held")),
+        "{refused:?}"
+    );
+    assert!(hub.log.is_empty());
+
+    session_over_the_wire(protocol_version_current, &mut a, &mut hub);
+    let held = hub.log.len();
+    let mut tampered = compact::compact(&b.own_ops_after(0, 1).unwrap()[0]);
+    if let WireOp::Member(change) = &mut tampered {
+        change.checksum[0] ^= 1;
+    } else {
+        panic!("expected a compact change");
+    }
+    let mut hub_session = HubSession::new(b.store_id.clone(), 0);
+    hub_session
+        .handle_message(
+            Message::V1(MessageV1::Hello {
+                protocol_version: protocol_version_current,
+                store_id: b.store_id.clone(),
+                own_seq_max: b.own_max(),
+                relay_cursor: hub.log_head().unwrap(),
+            }),
+            &mut hub,
+            0,
+        )
+        .unwrap();
+    let mut ops = vec![tampered];
+    ops.extend(
+        b.own_ops_after(1, 256)
+            .unwrap()
+            .iter()
+            .map(compact::compact),
+    );
+    let refused =
+        hub_session.handle_message(Message::V1(MessageV1::PushCompact { ops }), &mut hub, 0);
+    assert!(
+        matches!(refused, Err(SyncError::RefusedPeer { reason: RefuseReason::InvalidOperation, ref message }) if message.contains("checksum")),
+        "{refused:?}"
+    );
+    assert_eq!(hub.log.len(), held);
+    // Untampered, the same batch goes in whole.
+    session_over_the_wire(protocol_version_current, &mut b, &mut hub);
+    assert_eq!(hub.acked_seq(&b.store_id).unwrap(), b.own_max());
+}
+
+#[test]
+fn a_store_refuses_a_relayed_compact_change_it_cannot_re_expand() {
+    let mut a = MemoryStore::new(store_id("a"));
+    let mut b = MemoryStore::new(store_id("b"));
+    member_edits(&mut a, &mut b, 2, 4);
+    let mut hub = MemoryHub::default();
+    session_over_the_wire(protocol_version_current, &mut a, &mut hub);
+    // Relay a's edits (which depend on a's creations) without the creations.
+    let edits: Vec<WireRelayedOp> = hub
+        .log
+        .iter()
+        .enumerate()
+        .skip(2)
+        .map(|(i, envelope)| WireRelayedOp {
+            hub_seq: i as u64 + 1,
+            op: compact::compact(envelope),
+        })
+        .collect();
+    let mut store_session = StoreSession::new(b.store_id.clone(), &b, 0).unwrap();
+    store_session
+        .handle_message(
+            Message::V1(MessageV1::Welcome {
+                protocol_version: protocol_version_current,
+                acked_seq: 0,
+                log_head: hub.log_head().unwrap(),
+            }),
+            &mut b,
+            0,
+        )
+        .unwrap();
+    let before = b.ops.clone();
+    let refused = store_session.handle_message(
+        Message::V1(MessageV1::RelayCompact {
+            ops: edits,
+            from: 0,
+            upto: hub.log_head().unwrap(),
+            log_head: hub.log_head().unwrap(),
+        }),
+        &mut b,
+        0,
+    );
+    assert!(
+        matches!(refused, Err(SyncError::Protocol(ref m)) if m.contains("refused")),
+        "{refused:?}"
+    );
+    assert_eq!(b.ops, before);
+    assert_eq!(b.relay_cursor, 0);
+}
+
+mod compact_properties {
+    use super::*;
+    use crate::member::{MemberDoc, ProfilePatch};
+    use proptest::prelude::*;
+
+    /// One step of a random history: store `store` edits member `member`'s field `field`, or
+    /// merges what the other store holds of that member.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Edit {
+            store: usize,
+            member: usize,
+            field: usize,
+            text: String,
+        },
+        Merge {
+            into: usize,
+            member: usize,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..3usize, 0..3usize, 0..4usize, "[a-z会员 ]{0,12}").prop_map(
+                |(store, member, field, text)| Step::Edit {
+                    store,
+                    member,
+                    field,
+                    text
+                }
+            ),
+            (0..3usize, 0..3usize).prop_map(|(into, member)| Step::Merge { into, member }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every change of a random history (three stores editing three members concurrently,
+        /// merging each other's changes) is compacted and re-expands, against the changes the
+        /// receiver holds plus unrelated ones, to its exact bytes; and re-expansion fails
+        /// without its dependencies.
+        #[test]
+        fn compact_changes_re_expand_to_the_same_bytes(
+            steps in proptest::collection::vec(step(), 1..40),
+            time_skew in -5i64..5,
+        ) {
+            let stores = [store_id("s1"), store_id("s2"), store_id("hub-like-store-3")];
+            let profile = crate::member::Profile {
+                name: "张三".into(),
+                phone: "13812345678".into(),
+                card_no: "100001".into(),
+                ..Default::default()
+            };
+            // docs[store][member], and every change made so far with its envelope.
+            let mut docs: Vec<Vec<MemberDoc>> = Vec::new();
+            // The change bytes each store's document of each member holds.
+            let mut known: Vec<Vec<Vec<Vec<u8>>>> = Vec::new();
+            let mut changes: Vec<Envelope> = Vec::new();
+            let mut seqs = [0u64; 3];
+            let mut created = Vec::new();
+            for member in 0..3u128 {
+                let (mut doc, change) = MemberDoc::create(&stores[0], &profile, 5).unwrap();
+                seqs[0] += 1;
+                created.push((doc.save(), change.clone()));
+                changes.push(member_envelope(&stores[0], seqs[0], 5, member, change));
+            }
+            for store in &stores {
+                docs.push(created.iter().map(|(saved, _)| MemberDoc::load(store, saved).unwrap()).collect());
+                known.push(created.iter().map(|(_, change)| vec![change.clone()]).collect());
+            }
+            for (t, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Edit { store, member, field, text } => {
+                        let text = if text.trim().is_empty() { "x".to_owned() } else { text };
+                        let patch = match field {
+                            0 => ProfilePatch { note: Some(Some(text)), ..Default::default() },
+                            1 => ProfilePatch { address: Some(Some(text)), ..Default::default() },
+                            2 => ProfilePatch { tags: Some([text].into()), ..Default::default() },
+                            _ => ProfilePatch { note: Some(None), ..Default::default() },
+                        };
+                        let at = 100 + t as u64;
+                        if let Ok(Some(change)) = docs[store][member].edit(&patch, at) {
+                            known[store][member].push(change.clone());
+                            seqs[store] += 1;
+                            let mut envelope = member_envelope(&stores[store], seqs[store], at, member as u128, change);
+                            envelope.hlc.wall_ms = (at as i64 - time_skew) as u64;
+                            changes.push(envelope);
+                        }
+                    }
+                    Step::Merge { into, member } => {
+                        let from = (into + 1) % 3;
+                        let theirs = known[from][member].clone();
+                        docs[into][member].apply_changes(&theirs).unwrap();
+                        known[into][member].extend(theirs);
+                    }
+                }
+            }
+            let mut compacted = 0;
+            for (i, envelope) in changes.iter().enumerate() {
+                let Op::V1(OpV1::MemberChange { member_id, .. }) = &envelope.op else { unreachable!() };
+                let WireOp::Member(compact) = compact::compact(envelope) else {
+                    prop_assert!(false, "change {i} did not compact");
+                    continue;
+                };
+                compacted += 1;
+                // Through the wire encoding too.
+                let wire = postcard::to_allocvec(&compact).unwrap();
+                let compact: compact::CompactMemberChange = postcard::from_bytes(&wire).unwrap();
+                // Smaller than the whole operation by at least the actor, and the rest of
+                // each dependency's hash.
+                let full = postcard::to_allocvec(envelope).unwrap().len();
+                let deps = compact.deps.len();
+                prop_assert!(wire.len() + 16 + 29 * deps <= full, "{} vs {full}", wire.len());
+                // The receiver holds every change (of every member), in any order.
+                let mut held: Vec<[u8; 32]> = changes
+                    .iter()
+                    .filter(|e| e.seq != envelope.seq || e.origin != envelope.origin)
+                    .filter_map(|e| match &e.op {
+                        Op::V1(OpV1::MemberChange { change, .. }) => compact::change_hash(change),
+                        _ => None,
+                    })
+                    .collect();
+                held.reverse();
+                let expanded = compact::expand(&compact, &held).unwrap();
+                prop_assert_eq!(&expanded, envelope);
+                if deps > 0 {
+                    let own = compact::hashes_in(std::iter::once(envelope), *member_id);
+                    prop_assert!(compact::expand(&compact, &own).is_err());
+                }
+            }
+            prop_assert_eq!(compacted, changes.len());
+        }
+    }
 }
