@@ -372,6 +372,9 @@ pub trait HubSide {
     fn member_changes(&self, member: &uuid::Uuid) -> Result<Vec<Vec<u8>>, Self::Error>;
 }
 
+/// A batch's operations re-expanded, and the sequence of each compact one that failed, with why.
+type ExpandedBatch = (Vec<Envelope>, Vec<(u64, String)>);
+
 /// Re-expand the compact member changes of a batch against what `held` returns for a member
 /// and the batch's own changes (`context`, then those before in the batch). Returns the
 /// operations in order, each with the index of the compact one that failed and why.
@@ -379,7 +382,7 @@ fn expand_batch<E: std::fmt::Display>(
     ops: Vec<WireOp>,
     context: &[Envelope],
     held: impl Fn(&uuid::Uuid) -> Result<Vec<Vec<u8>>, E>,
-) -> Result<(Vec<Envelope>, Vec<(u64, String)>), SyncError> {
+) -> Result<ExpandedBatch, SyncError> {
     let mut out: Vec<Envelope> = Vec::with_capacity(ops.len());
     let mut failed = Vec::new();
     for op in ops {
