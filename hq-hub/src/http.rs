@@ -607,7 +607,14 @@ async fn search_members(
         .reads
         .run(move |conn| {
             let rules = chainsync_replica::program::rules(conn)?;
-            read::find_members(conn, &member_query, asked, &rules, now_ms())
+            read::find_members(
+                conn,
+                &member_query,
+                asked,
+                &rules,
+                now_ms(),
+                chainsync_core::engagement::default_utc_offset_seconds,
+            )
         })
         .await?;
     let stores = store_regions(&hub).await?;
@@ -644,7 +651,13 @@ async fn visible_member(hub: &HubState, caller: &Caller, id: Uuid) -> Result<Mem
         .reads
         .run(move |conn| {
             let rules = chainsync_replica::program::rules(conn)?;
-            read::member(conn, id, &rules, now_ms())
+            read::member(
+                conn,
+                id,
+                &rules,
+                now_ms(),
+                chainsync_core::engagement::default_utc_offset_seconds,
+            )
         })
         .await?
         .ok_or_else(ApiError::unknown_member)?;
@@ -747,7 +760,7 @@ async fn not_found() -> ApiError {
         crate::program::list_gifts, crate::catalog::list_catalog, crate::catalog::list_bundles,
         crate::catalog::get_item, crate::catalog::put_item, crate::catalog::get_bundle,
         crate::catalog::put_bundle, crate::catalog::import_catalog,
-        crate::catalog::export_catalog),
+        crate::catalog::export_catalog, crate::program::list_member_feedback),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;

@@ -11,8 +11,8 @@ use chainsync_core::gift;
 use chainsync_core::op::OpV1;
 use chainsync_replica::api::ApiError;
 use chainsync_replica::program::{
-    self, CountCardList, CountCardTemplateList, CountCardTemplateView, GiftList, GiftView,
-    RulesView,
+    self, CountCardList, CountCardTemplateList, CountCardTemplateView, FeedbackList, GiftList,
+    GiftView, RulesView,
 };
 use chainsync_replica::views::ErrorBody;
 use serde::Deserialize;
@@ -70,6 +70,7 @@ pub fn routes() -> Router<HubState> {
             get(list_member_count_cards),
         )
         .route("/api/v1/gifts", get(list_gifts).post(create_gift))
+        .route("/api/v1/members/{id}/feedback", get(list_member_feedback))
 }
 
 /// `POST /api/v1/count-card-templates`: create (no `id`) or replace (with `id`) a template.
@@ -172,6 +173,31 @@ pub async fn list_count_card_templates(
         .run(|conn| Ok(program::count_card_templates(conn)?))
         .await?;
     Ok(Json(CountCardTemplateList { templates }))
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}/feedback", params(("id" = Uuid, Path)),
+    responses((status = 200, body = FeedbackList), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_member_feedback(
+    State(hub): State<HubState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<FeedbackList>, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())?;
+    let feedback = hub
+        .reads
+        .run(move |conn| {
+            let canonical = chainsync_replica::read::canonical_member(conn, id)?
+                .ok_or_else(ApiError::unknown_member)?;
+            Ok(program::member_feedback(
+                conn,
+                canonical,
+                program::feedback_list_max,
+            )?)
+        })
+        .await?;
+    Ok(Json(FeedbackList { feedback }))
 }
 
 #[utoipa::path(get, path = "/api/v1/members/{id}/count-cards", params(("id" = Uuid, Path)),

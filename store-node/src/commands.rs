@@ -32,6 +32,8 @@ pub struct Local {
     /// Sell (and send out) below zero stock, flagged (true, the default), or refuse with
     /// 409 `insufficient_stock` (store.toml `allow_negative_stock`).
     pub allow_negative_stock: bool,
+    /// The store's time zone (seconds east of UTC) for every local-date rule.
+    pub utc_offset_seconds: i32,
     hlc: Hlc,
     next_seq: u64,
     ids: IdGenerator,
@@ -64,6 +66,7 @@ impl Local {
             store,
             rules,
             allow_negative_stock: true,
+            utc_offset_seconds: chainsync_core::engagement::default_utc_offset_seconds,
             hlc: Hlc::starting_after(last),
             next_seq: max_seq.max(0) as u64 + 1,
             ids: IdGenerator::new(),
@@ -173,7 +176,8 @@ fn member_view(
     id: Uuid,
     now_ms: u64,
 ) -> Result<chainsync_replica::views::MemberView, ApiError> {
-    read::member(conn, id, &local.rules, now_ms)?.ok_or_else(ApiError::unknown_member)
+    read::member(conn, id, &local.rules, now_ms, local.utc_offset_seconds)?
+        .ok_or_else(ApiError::unknown_member)
 }
 
 fn parse_gender(text: &str) -> Result<Gender, ApiError> {

@@ -27,6 +27,11 @@ pub struct StoreConfig {
     /// `insufficient_stock`; `STORE_NODE_ALLOW_NEGATIVE_STOCK` overrides it. Default: allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_negative_stock: Option<bool>,
+    /// The store's time zone as a UTC offset (`+08:00`, `-05:30`, `UTC+8`; default `+08:00`),
+    /// used for birthdays, check-in days and every other local-date rule;
+    /// `STORE_NODE_UTC_OFFSET` and `--utc-offset` override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset: Option<String>,
 }
 
 fn default_listen_string() -> String {
@@ -71,6 +76,24 @@ impl StoreConfig {
         let text = toml::to_string_pretty(self)?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
+    }
+}
+
+/// The store's UTC offset in seconds: `given` (flag or environment) else the config's, else
+/// UTC+8. A malformed offset is an error naming the accepted forms.
+pub fn utc_offset_seconds(config: &StoreConfig, given: Option<&str>) -> anyhow::Result<i32> {
+    let text = given
+        .map(str::to_owned)
+        .or_else(|| config.utc_offset.clone())
+        .filter(|t| !t.trim().is_empty());
+    match text {
+        None => Ok(chainsync_core::engagement::default_utc_offset_seconds),
+        Some(text) => chainsync_core::engagement::parse_utc_offset(&text).with_context(|| {
+            format!(
+                "utc_offset {text:?} is not a UTC offset from -12:00 to +14:00 \
+                 (write it like +08:00, -05:30 or UTC+8)"
+            )
+        }),
     }
 }
 

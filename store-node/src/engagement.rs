@@ -8,9 +8,9 @@
 //! reach each other: both entries are kept (best effort, documented).
 
 use chainsync_core::checkout::Movement;
-use chainsync_core::engagement::{self as rules, default_utc_offset_seconds};
+use chainsync_core::engagement as rules;
 use chainsync_core::ledger::{Account, EntryKind};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use time::Date;
@@ -39,8 +39,9 @@ pub struct CheckInView {
     pub points: i64,
 }
 
-fn today(now_ms: u64) -> Result<Date, ApiError> {
-    rules::local_date(now_ms, default_utc_offset_seconds)
+/// The store's calendar day (in its time zone).
+fn today(now_ms: u64, utc_offset_seconds: i32) -> Result<Date, ApiError> {
+    rules::local_date(now_ms, utc_offset_seconds)
         .ok_or_else(|| ApiError::internal("the clock is out of range"))
 }
 
@@ -75,7 +76,7 @@ pub fn check_in(
 ) -> Result<Reply, ApiError> {
     let member_id =
         read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
-    let today = today(now_ms)?;
+    let today = today(now_ms, local.utc_offset_seconds)?;
     let date = rules::format_date(today);
     let days = checkin_days(conn, member_id)?;
     if days.contains(&today) {
@@ -143,8 +144,8 @@ pub struct EngagementRunView {
 /// Queue a birthday greeting for every member whose birthday is today. The message id
 /// `birthday:<member>:<year>` is the same at every store, so a receiver that deduplicates by id
 /// greets each member once a year, whichever stores ran the check.
-pub fn run_daily(conn: &Connection, _local: &mut Local, now_ms: u64) -> Result<Reply, ApiError> {
-    let today = today(now_ms)?;
+pub fn run_daily(conn: &Connection, local: &mut Local, now_ms: u64) -> Result<Reply, ApiError> {
+    let today = today(now_ms, local.utc_offset_seconds)?;
     let month_day = format!("%-{:02}-{:02}", u8::from(today.month()), today.day());
     let mut statement = conn.prepare_cached(
         "SELECT id, name, json_extract(profile_json, '$.birthday') AS birthday FROM members
@@ -230,6 +231,81 @@ pub fn dormant(
         })
     })?;
     rows.collect()
+}
+
+/// `POST /api/v1/members/{id}/feedback`
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFeedback {
+    /// 1 (bad) to 5 (very good).
+    pub rating: i64,
+    /// What the member said (at most 500 characters; may be empty).
+    #[serde(default)]
+    pub text: String,
+    /// The visit it is about: a checkout of this member known here.
+    pub checkout_id: Option<Uuid>,
+}
+
+/// Record a feedback entry (an `OpV1::Feedback` operation, replicated like any other).
+pub fn give_feedback(
+    conn: &Connection,
+    local: &mut Local,
+    member_id: Uuid,
+    request: NewFeedback,
+    now_ms: u64,
+) -> Result<Reply, ApiError> {
+    let (rating, text) = chainsync_core::feedback::check(request.rating, &request.text)
+        .map_err(|e| ApiError::invalid_field(e.to_string()))?;
+    let member_id =
+        read::canonical_member(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
+    if let Some(checkout_id) = request.checkout_id {
+        let buyer: Option<Option<String>> = conn
+            .query_row(
+                "SELECT member_id FROM sales WHERE id = ?1",
+                [checkout_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let buyer = buyer
+            .flatten()
+            .and_then(|b| Uuid::parse_str(&b).ok())
+            .map(|b| read::canonical_member(conn, b))
+            .transpose()?
+            .flatten();
+        if buyer != Some(member_id) {
+            return Err(ApiError::new(
+                422,
+                "unknown_checkout",
+                "checkout_id is not a checkout of this member known at this store",
+            ));
+        }
+    }
+    let feedback = chainsync_core::feedback::Feedback {
+        id: local.new_id(now_ms)?,
+        member_id,
+        rating,
+        text,
+        checkout_id: request.checkout_id,
+        at_ms: now_ms,
+    };
+    let envelope = local.emit(
+        conn,
+        now_ms,
+        chainsync_core::op::OpV1::Feedback(feedback.clone()),
+    )?;
+    chainsync_replica::program::project_feedback(conn, &feedback, &envelope.origin)?;
+    Reply::new(
+        201,
+        &chainsync_replica::program::FeedbackView {
+            id: feedback.id,
+            member_id,
+            rating,
+            text: feedback.text,
+            checkout_id: feedback.checkout_id,
+            store_id: local.store.to_string(),
+            created_ms: now_ms,
+        },
+    )
 }
 
 #[cfg(test)]

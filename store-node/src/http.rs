@@ -38,6 +38,8 @@ pub struct AppState {
     pub link: crate::sync_client::SharedLinkStatus,
     /// Asks the hub to authorize spends (None: a standalone store).
     pub authorizer: Option<crate::sync_client::Authorizer>,
+    /// The store's time zone (seconds east of UTC) for local-date rules.
+    pub utc_offset_seconds: i32,
 }
 
 impl AppState {
@@ -189,11 +191,12 @@ async fn search_members(
             members: Vec::new(),
         }));
     };
+    let offset = app.utc_offset_seconds;
     let members = app
         .reads
         .run(move |conn| {
             let rules = chainsync_replica::program::rules(conn)?;
-            read::find_members(conn, &member_query, limit, &rules, crate::now_ms())
+            read::find_members(conn, &member_query, limit, &rules, crate::now_ms(), offset)
         })
         .await?;
     Ok(Json(MemberList { members }))
@@ -207,10 +210,11 @@ async fn get_member(
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<MemberView>, ApiError> {
     let id = member_id(path)?;
+    let offset = app.utc_offset_seconds;
     app.reads
         .run(move |conn| {
             let rules = chainsync_replica::program::rules(conn)?;
-            read::member(conn, id, &rules, crate::now_ms())
+            read::member(conn, id, &rules, crate::now_ms(), offset)
         })
         .await?
         .map(Json)

@@ -61,6 +61,9 @@ enum Command {
         /// `allow_negative_stock` in the config file (default: true).
         #[arg(long, env = "STORE_NODE_ALLOW_NEGATIVE_STOCK")]
         allow_negative_stock: Option<bool>,
+        /// The store's UTC offset, e.g. +08:00 (overrides `utc_offset` in the config file).
+        #[arg(long, env = "STORE_NODE_UTC_OFFSET")]
+        utc_offset: Option<String>,
     },
     /// Show the store's identity and what it holds.
     Status {
@@ -113,7 +116,14 @@ fn main() -> anyhow::Result<()> {
             listen,
             webhook_url,
             allow_negative_stock,
-        } => serve(data_dir, listen, webhook_url, allow_negative_stock),
+            utc_offset,
+        } => serve(
+            data_dir,
+            listen,
+            webhook_url,
+            allow_negative_stock,
+            utc_offset,
+        ),
         Command::Status { data_dir } => status(data_dir),
     }
 }
@@ -162,6 +172,7 @@ fn init(
         listen: config::default_listen.to_owned(),
         webhook_url: None,
         allow_negative_stock: None,
+        utc_offset: None,
     };
     config.write_new(&data_dir)?;
     let conn = db::open_writer(&config::database_path(&data_dir))?;
@@ -216,8 +227,10 @@ fn serve(
     listen: Option<String>,
     webhook_url: Option<String>,
     allow_negative_stock: Option<bool>,
+    utc_offset: Option<String>,
 ) -> anyhow::Result<()> {
     let config = StoreConfig::load(&data_dir)?;
+    let utc_offset_seconds = config::utc_offset_seconds(&config, utc_offset.as_deref())?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
     let webhook_url = webhook_url
         .or_else(|| config.webhook_url.clone())
@@ -236,6 +249,7 @@ fn serve(
     local.allow_negative_stock = allow_negative_stock
         .or(config.allow_negative_stock)
         .unwrap_or(true);
+    local.utc_offset_seconds = utc_offset_seconds;
     let reads = Arc::new(ReadPool::open(&database, 4)?);
     let (writer, writer_thread) = Writer::start(conn, local)?;
     let bundle_path = config::bundle_path(&data_dir);
@@ -286,6 +300,7 @@ fn serve(
         rules: Arc::new(rules),
         link,
         authorizer,
+        utc_offset_seconds,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

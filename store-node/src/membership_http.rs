@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::engagement::{self, CheckInView, DormantMember, EngagementRunView};
 use chainsync_replica::api::Reply;
+use chainsync_replica::program::{FeedbackList, FeedbackView};
 use chainsync_replica::views::ErrorBody;
 
 use crate::http::{AppState, Caller};
@@ -127,8 +128,74 @@ async fn dormant_members(
     Ok(Json(DormantList { days, members }))
 }
 
+#[utoipa::path(post, path = "/api/v1/members/{id}/feedback", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
+    request_body = engagement::NewFeedback,
+    responses((status = 201, body = FeedbackView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid_field, unknown_checkout")),
+    security(("bearer" = [])))]
+async fn create_feedback(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Reply, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())?;
+    let request: engagement::NewFeedback = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))?;
+    let idempotency = crate::http::idempotency(
+        &headers,
+        &format!("POST /api/v1/members/{id}/feedback"),
+        &body,
+    )?;
+    app.writer
+        .submit(
+            idempotency,
+            Box::new(move |conn, local, now| {
+                engagement::give_feedback(conn, local, id, request, now)
+            }),
+        )
+        .await
+}
+
+#[utoipa::path(get, path = "/api/v1/members/{id}/feedback", params(("id" = Uuid, Path)),
+    responses((status = 200, body = FeedbackList), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_feedback(
+    State(app): State<AppState>,
+    _caller: Caller,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<FeedbackList>, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|_| ApiError::unknown_member())?;
+    let feedback = app
+        .reads
+        .run(move |conn| {
+            let canonical = chainsync_replica::read::canonical_member(conn, id)?
+                .ok_or_else(ApiError::unknown_member)?;
+            Ok(chainsync_replica::program::member_feedback(
+                conn,
+                canonical,
+                chainsync_replica::program::feedback_list_max,
+            )?)
+        })
+        .await?;
+    Ok(Json(FeedbackList { feedback }))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(list_outbox, check_in, run_engagement, dormant_members))]
+#[openapi(paths(
+    list_outbox,
+    check_in,
+    run_engagement,
+    dormant_members,
+    create_feedback,
+    list_feedback
+))]
 pub struct MembershipDoc;
 
 pub fn routes() -> Router<AppState> {
@@ -137,6 +204,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/members/{id}/check-ins", post(check_in))
         .route("/api/v1/engagement/run", post(run_engagement))
         .route("/api/v1/members/dormant", get(dormant_members))
+        .route(
+            "/api/v1/members/{id}/feedback",
+            post(create_feedback).get(list_feedback),
+        )
 }
 
 /// Run the daily engagement check now and then every hour (it is idempotent) until `stop`.

@@ -1,6 +1,11 @@
 //! Engagement rules of the membership program: daily check-in with a streak, birthdays, the
-//! referral reward, and automatic member tags. Pure: dates come from instants and a fixed UTC
-//! offset given by the caller.
+//! referral reward, and automatic member tags. Pure: dates come from instants and a UTC offset
+//! given by the caller.
+//!
+//! Local time: every local-date or local-hour rule (birthdays, check-in days, coupon hour
+//! windows, dormant days…) goes through [`local_datetime`] (or [`local_date`], built on it) with
+//! the store's UTC offset (`utc_offset` in store.toml, `STORE_NODE_UTC_OFFSET`, default
+//! [`default_utc_offset_seconds`], read with [`parse_utc_offset`]).
 //!
 //! A new rule is a pure function here (with its constants and tests), called from the store's
 //! `store-node/src/engagement.rs`, which writes its ledger entries and outbox messages inside
@@ -30,16 +35,69 @@ pub const dormant_days: u64 = 30;
 
 const day_ms: u64 = 86_400_000;
 
+/// Most hours a store's zone may be west of UTC (UTC-12:00)…
+pub const utc_offset_west_max_seconds: i32 = 12 * 3_600;
+/// …and east of it (UTC+14:00).
+pub const utc_offset_east_max_seconds: i32 = 14 * 3_600;
+
+/// Local time at the store: the instant `at_ms` (Unix ms) in a zone `offset_seconds` east of
+/// UTC (None if out of range). The one function every local-time rule uses.
+pub fn local_datetime(at_ms: u64, offset_seconds: i32) -> Option<OffsetDateTime> {
+    let offset = UtcOffset::from_whole_seconds(offset_seconds).ok()?;
+    let millis = i128::from(at_ms);
+    Some(
+        OffsetDateTime::from_unix_timestamp_nanos(millis * 1_000_000)
+            .ok()?
+            .to_offset(offset),
+    )
+}
+
 /// The calendar date at `at_ms` (Unix ms) in a zone `offset_seconds` east of UTC.
 pub fn local_date(at_ms: u64, offset_seconds: i32) -> Option<Date> {
-    let offset = UtcOffset::from_whole_seconds(offset_seconds).ok()?;
-    let seconds = i64::try_from(at_ms / 1_000).ok()?;
-    Some(
-        OffsetDateTime::from_unix_timestamp(seconds)
-            .ok()?
-            .to_offset(offset)
-            .date(),
-    )
+    local_datetime(at_ms, offset_seconds).map(|local| local.date())
+}
+
+/// A UTC offset as people write it: `+08:00`, `-05:30`, `+8`, `UTC+8`, `0`, `Z`; within
+/// UTC-12:00 to UTC+14:00, whole minutes. Returns seconds east of UTC.
+pub fn parse_utc_offset(text: &str) -> Option<i32> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("UTC")
+        .or_else(|| text.strip_prefix("utc"))
+        .unwrap_or(text)
+        .trim();
+    if text == "Z" || text == "0" || text.is_empty() {
+        return Some(0);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (hours, minutes) = match rest.split_once(':') {
+        Some((h, m)) => (h, m),
+        None => (rest, "0"),
+    };
+    let digits = |part: &str| {
+        (!part.is_empty() && part.len() <= 2 && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<i32>().ok())
+            .flatten()
+    };
+    let (hours, minutes) = (digits(hours)?, digits(minutes)?);
+    if minutes >= 60 {
+        return None;
+    }
+    let seconds = sign * (hours * 3_600 + minutes * 60);
+    (-utc_offset_west_max_seconds..=utc_offset_east_max_seconds)
+        .contains(&seconds)
+        .then_some(seconds)
+}
+
+/// `+08:00` for 28800.
+pub fn format_utc_offset(offset_seconds: i32) -> String {
+    let sign = if offset_seconds < 0 { '-' } else { '+' };
+    let minutes = offset_seconds.unsigned_abs() / 60;
+    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
 /// `YYYY-MM-DD`.
@@ -164,6 +222,30 @@ mod tests {
         );
         assert_eq!(parse_date("2026-02-30"), None);
         assert_eq!(parse_date("x"), None);
+    }
+
+    #[test]
+    fn utc_offsets_parse_and_local_time_follows_them() {
+        assert_eq!(parse_utc_offset("+08:00"), Some(28_800));
+        assert_eq!(parse_utc_offset("UTC+8"), Some(28_800));
+        assert_eq!(parse_utc_offset("-05:30"), Some(-19_800));
+        assert_eq!(parse_utc_offset("Z"), Some(0));
+        assert_eq!(parse_utc_offset("+14:00"), Some(50_400));
+        assert_eq!(parse_utc_offset("-12:00"), Some(-43_200));
+        for bad in [
+            "+15", "-13:00", "8", "+08:60", "+0800x", "++8", "+", "abc", "+123",
+        ] {
+            assert_eq!(parse_utc_offset(bad), None, "{bad}");
+        }
+        assert_eq!(format_utc_offset(-19_800), "-05:30");
+        assert_eq!(format_utc_offset(28_800), "+08:00");
+        // 2026-11-22T16:30Z: 00:30 the next day in China, 04:30 the same day at UTC-12.
+        let at = 1_795_365_000_000;
+        let china = local_datetime(at, default_utc_offset_seconds).map(|t| (t.day(), t.hour()));
+        assert_eq!(china, Some((23, 0)));
+        let west = local_datetime(at, -43_200).map(|t| (t.day(), t.hour(), t.minute()));
+        assert_eq!(west, Some((22, 4, 30)));
+        assert_eq!(local_datetime(at, 100_000), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`id`]: store identities and UUIDv7 ids built from an injected clock and random source.
 //! - [`exceptions`]: overdrafts and double redemptions found in the merged state.
 //! - [`catalog`]: HQ's catalog items and bundles, and the merge rule of a SKU's two registers.
+//! - [`feedback`]: feedback entries (rating and text) about a member's visits.
 //! - [`gift`]: the points gift catalog (gifts with a point price and a stock, redemptions).
 //! - [`hlc`]: the hybrid logical clock that orders replicated writes.
 //! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
@@ -29,6 +30,7 @@ pub mod checkout;
 pub mod count_card;
 pub mod engagement;
 pub mod exceptions;
+pub mod feedback;
 pub mod gift;
 pub mod hlc;
 pub mod id;

@@ -72,6 +72,8 @@ pub enum OpV1 {
     StockMovements(crate::stock::MovementBatch),
     /// A transfer between two stores asked for (by a store or by HQ).
     TransferRequest(crate::stock::TransferRequest),
+    /// A member's feedback about a visit (grow-only set by id).
+    Feedback(crate::feedback::Feedback),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -199,6 +201,7 @@ impl Op {
             Op::V1(OpV1::CatalogItemUpsert(_)) => "catalog_item",
             Op::V1(OpV1::StockMovements(_)) => "stock_movements",
             Op::V1(OpV1::TransferRequest(_)) => "transfer_request",
+            Op::V1(OpV1::Feedback(_)) => "feedback",
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! Every ledger entry, coupon templates, coupons, their redemptions and HQ's allowance policy
 //! are included. Stock and transfers are not: a store holds only its own (the hub relays them
-//! only to the stores they concern), so they are hashed per scope (`crate::stock::scope_digests`).
+//! only to the stores they concern), so they are hashed per scope (`crate::stock::scope_digests`). The membership
+//! program's records are included (rules, count cards, refund lines, gifts, feedback).
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -115,6 +116,11 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
              WHERE r.gift_id = g.id)
          FROM gifts g ORDER BY g.id",
         6,
+    )?;
+    feed(
+        "feedback",
+        "SELECT id, member_id, rating, text, checkout_id FROM feedback ORDER BY id",
+        5,
     )?;
     Ok(hex::encode(hasher.finalize()))
 }

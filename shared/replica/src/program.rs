@@ -741,3 +741,92 @@ pub fn gifts(conn: &Connection) -> rusqlite::Result<Vec<GiftView>> {
 pub fn gift(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<GiftView>> {
     Ok(gifts_where(conn, Some(id))?.into_iter().next())
 }
+
+/// Feedback entries (反馈) about members' visits.
+pub const schema_v5: &str = r#"
+CREATE TABLE feedback (
+    id TEXT PRIMARY KEY,
+    member_id TEXT NOT NULL,
+    rating INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    checkout_id TEXT,
+    at_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX feedback_member ON feedback (member_id, at_ms);
+"#;
+
+/// A grow-only set by id.
+pub fn project_feedback(
+    conn: &Connection,
+    feedback: &chainsync_core::feedback::Feedback,
+    origin: &StoreId,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO feedback (id, member_id, rating, text, checkout_id, at_ms, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        feedback.id.to_string(),
+        feedback.member_id.to_string(),
+        feedback.rating,
+        feedback.text,
+        feedback.checkout_id.map(|id| id.to_string()),
+        feedback.at_ms.min(i64::MAX as u64) as i64,
+        origin.as_str(),
+    ])?;
+    Ok(())
+}
+
+/// One feedback entry as the member's record lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackView {
+    pub id: Uuid,
+    pub member_id: Uuid,
+    /// 1 to 5.
+    pub rating: u8,
+    pub text: String,
+    pub checkout_id: Option<Uuid>,
+    /// The store where it was given.
+    pub store_id: String,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackList {
+    pub feedback: Vec<FeedbackView>,
+}
+
+/// Most feedback entries one member listing returns.
+pub const feedback_list_max: usize = 200;
+
+/// The feedback of a member's group (itself and the members merged into it), newest first.
+pub fn member_feedback(
+    conn: &Connection,
+    canonical: Uuid,
+    limit: usize,
+) -> rusqlite::Result<Vec<FeedbackView>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, member_id, rating, text, checkout_id, origin, at_ms FROM feedback
+         WHERE member_id IN (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)
+         ORDER BY at_ms DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = statement.query_map(
+        params![canonical.to_string(), limit.min(feedback_list_max) as i64],
+        |row| {
+            let id: String = row.get(0)?;
+            let member: String = row.get(1)?;
+            let checkout: Option<String> = row.get(4)?;
+            Ok(FeedbackView {
+                id: Uuid::parse_str(&id).unwrap_or_default(),
+                member_id: Uuid::parse_str(&member).unwrap_or_default(),
+                rating: row.get(2)?,
+                text: row.get(3)?,
+                checkout_id: checkout.and_then(|c| Uuid::parse_str(&c).ok()),
+                store_id: row.get(5)?,
+                created_ms: row.get::<_, i64>(6)?.max(0) as u64,
+            })
+        },
+    )?;
+    rows.collect()
+}

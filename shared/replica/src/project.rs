@@ -40,6 +40,7 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::StockMovements(_))
         | Op::V1(OpV1::TransferRequest(_)) => None,
         Op::V1(OpV1::GiftRedeem(redemption)) => Some(redemption.member_id),
+        Op::V1(OpV1::Feedback(feedback)) => Some(feedback.member_id),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -353,6 +354,9 @@ pub fn apply_remote(
         Op::V1(OpV1::StockMovements(batch)) => crate::stock::project_movements(conn, batch)?,
         Op::V1(OpV1::TransferRequest(request)) => {
             crate::stock::project_transfer_request(conn, request, &envelope.origin)?
+        }
+        Op::V1(OpV1::Feedback(feedback)) => {
+            crate::program::project_feedback(conn, feedback, &envelope.origin)?
         }
     }
     Ok(true)

@@ -139,6 +139,7 @@ fn member_from_row(
     row: &Row<'_>,
     rules: &Rules,
     now_ms: u64,
+    utc_offset_seconds: i32,
 ) -> Result<MemberView, ApiError> {
     let id_text: String = row.get(0)?;
     let id = Uuid::parse_str(&id_text).map_err(ApiError::internal)?;
@@ -154,14 +155,10 @@ fn member_from_row(
         visits_ms: visits_12m(conn, id, now_ms)?,
         created_ms: created_ms.max(0) as u64,
     };
-    let auto_tags = chainsync_core::engagement::auto_tags(
-        &activity,
-        now_ms,
-        chainsync_core::engagement::default_utc_offset_seconds,
-    )
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let auto_tags = chainsync_core::engagement::auto_tags(&activity, now_ms, utc_offset_seconds)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     Ok(MemberView {
         id,
         name: profile.name,
@@ -183,16 +180,23 @@ fn member_from_row(
         created_ms: created_ms.max(0) as u64,
         merged_from,
         auto_tags,
+        feedback: Vec::new(),
     })
 }
 
+/// Newest feedback entries a member's record shows (all: `GET /api/v1/members/{id}/feedback`).
+pub const member_feedback_shown: usize = 20;
+
 const member_columns: &str = "id, profile_json, principal_fen, bonus_fen, points, created_ms";
 
+/// One member as `GET /api/v1/members/{id}` shows it (with its feedback entries);
+/// `utc_offset_seconds` is the reader's time zone (for the weekend tag).
 pub fn member(
     conn: &Connection,
     id: Uuid,
     rules: &Rules,
     now_ms: u64,
+    utc_offset_seconds: i32,
 ) -> Result<Option<MemberView>, ApiError> {
     let Some(canonical) = canonical_member(conn, id)? else {
         return Ok(None);
@@ -201,7 +205,12 @@ pub fn member(
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query([canonical.to_string()])?;
     match rows.next()? {
-        Some(row) => member_from_row(conn, row, rules, now_ms).map(Some),
+        Some(row) => {
+            let mut view = member_from_row(conn, row, rules, now_ms, utc_offset_seconds)?;
+            view.feedback =
+                crate::program::member_feedback(conn, canonical, member_feedback_shown)?;
+            Ok(Some(view))
+        }
         None => Ok(None),
     }
 }
@@ -250,6 +259,7 @@ pub fn find_members(
     limit: usize,
     rules: &Rules,
     now_ms: u64,
+    utc_offset_seconds: i32,
 ) -> Result<Vec<MemberView>, ApiError> {
     let limit = limit.clamp(1, list_rows_max) as i64;
     let escape = |text: &str| {
@@ -275,7 +285,13 @@ pub fn find_members(
     let mut rows = statement.query(params![argument, limit])?;
     let mut members = Vec::new();
     while let Some(row) = rows.next()? {
-        members.push(member_from_row(conn, row, rules, now_ms)?);
+        members.push(member_from_row(
+            conn,
+            row,
+            rules,
+            now_ms,
+            utc_offset_seconds,
+        )?);
     }
     Ok(members)
 }

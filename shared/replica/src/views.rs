@@ -45,6 +45,10 @@ pub struct MemberView {
     /// on Saturday or Sunday, UTC+8).
     #[serde(default)]
     pub auto_tags: Vec<String>,
+    /// The member's feedback entries (反馈), newest first (the 20 newest; only in the single
+    /// member's record, not in lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback: Vec<crate::program::FeedbackView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

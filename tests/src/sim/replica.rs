@@ -242,7 +242,8 @@ impl Projection {
             | OpV1::GiftRedeem(_)
             | OpV1::CatalogItemUpsert(_)
             | OpV1::StockMovements(_)
-            | OpV1::TransferRequest(_) => {}
+            | OpV1::TransferRequest(_)
+            | OpV1::Feedback(_) => {}
         }
         true
     }
