@@ -25,6 +25,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::catalog::schema_v1),
         M::up(chainsync_replica::stock::schema_v1),
         M::up(chainsync_replica::program::schema_v5),
+        M::up(chainsync_replica::coupons::schema_v1),
     ])
 }
 

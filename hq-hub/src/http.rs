@@ -165,149 +165,6 @@ async fn put_policy(
     Ok(Json(policy_view(&policy)))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewCouponTemplate {
-    pub name: String,
-    /// Taken off the total at checkout.
-    pub value_fen: i64,
-    #[serde(default)]
-    pub min_spend_fen: i64,
-    #[serde(default)]
-    pub online_only: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CouponTemplateView {
-    pub id: Uuid,
-    pub name: String,
-    pub value_fen: i64,
-    pub min_spend_fen: i64,
-    pub online_only: bool,
-}
-
-#[utoipa::path(post, path = "/api/v1/coupon-templates", request_body = NewCouponTemplate,
-    responses((status = 201, body = CouponTemplateView)), security(("bearer" = [])))]
-async fn create_coupon_template(
-    State(hub): State<HubState>,
-    caller: Caller,
-    body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<CouponTemplateView>), ApiError> {
-    caller.require_operator()?;
-    let request: NewCouponTemplate = parse_body(&body)?;
-    let name = request.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::invalid_field("name must be 1 to 64 characters"));
-    }
-    let max = chainsync_core::limits::amount_fen_max;
-    if !(1..=max).contains(&request.value_fen) || !(0..=max).contains(&request.min_spend_fen) {
-        return Err(ApiError::invalid_amount(
-            "value_fen must be positive and min_spend_fen 0 or more",
-        ));
-    }
-    let mut random = [0u8; 16];
-    getrandom::fill(&mut random).map_err(ApiError::internal)?;
-    let id = uuid::Builder::from_random_bytes(random).into_uuid();
-    let template = chainsync_core::op::CouponTemplate {
-        id,
-        name: name.clone(),
-        value: chainsync_core::Fen(request.value_fen),
-        min_spend: chainsync_core::Fen(request.min_spend_fen),
-        online_only: request.online_only,
-    };
-    hub.author(chainsync_core::op::OpV1::CouponTemplateUpsert(template))
-        .await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(CouponTemplateView {
-            id,
-            name,
-            value_fen: request.value_fen,
-            min_spend_fen: request.min_spend_fen,
-            online_only: request.online_only,
-        }),
-    ))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewCoupons {
-    pub template_id: Uuid,
-    pub member_id: Option<Uuid>,
-    /// How many to issue (default 1, at most 1000).
-    pub count: Option<usize>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct IssuedCoupon {
-    pub code: String,
-    pub template_id: Uuid,
-    pub member_id: Option<Uuid>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct IssuedCoupons {
-    pub coupons: Vec<IssuedCoupon>,
-}
-
-#[utoipa::path(post, path = "/api/v1/coupons", request_body = NewCoupons,
-    responses((status = 201, body = IssuedCoupons)), security(("bearer" = [])))]
-async fn issue_coupons(
-    State(hub): State<HubState>,
-    caller: Caller,
-    body: axum::body::Bytes,
-) -> Result<(axum::http::StatusCode, Json<IssuedCoupons>), ApiError> {
-    caller.require_operator()?;
-    let request: NewCoupons = parse_body(&body)?;
-    let count = request.count.unwrap_or(1);
-    if !(1..=1000).contains(&count) {
-        return Err(ApiError::invalid_field("count must be 1 to 1000"));
-    }
-    let template = request.template_id;
-    let known = hub
-        .reads
-        .run(move |conn| {
-            Ok(conn.query_row(
-                "SELECT COUNT(*) > 0 FROM coupon_templates WHERE id = ?1",
-                [template.to_string()],
-                |row| row.get::<_, bool>(0),
-            )?)
-        })
-        .await?;
-    if !known {
-        return Err(ApiError::new(
-            404,
-            "unknown_coupon_template",
-            "no coupon template with this id",
-        ));
-    }
-    let mut coupons = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).map_err(ApiError::internal)?;
-        let code = format!(
-            "C{:015}",
-            u64::from_le_bytes(random) % 1_000_000_000_000_000
-        );
-        let record = chainsync_core::op::CouponRecord {
-            code: code.clone(),
-            template_id: template,
-            member_id: request.member_id,
-        };
-        hub.author(chainsync_core::op::OpV1::CouponIssue(record))
-            .await?;
-        coupons.push(IssuedCoupon {
-            code,
-            template_id: template,
-            member_id: request.member_id,
-        });
-    }
-    Ok((
-        axum::http::StatusCode::CREATED,
-        Json(IssuedCoupons { coupons }),
-    ))
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ExceptionFilter {
     /// Include resolved exceptions (default: open ones only).
@@ -749,7 +606,7 @@ async fn not_found() -> ApiError {
 #[openapi(
     info(title = "chainsync hq-hub API", description = "HQ's view of the chain. Money is integer 分."),
     paths(healthz, list_stores, search_members, get_member, member_ledger, get_checkout, digest,
-        get_policy, put_policy, create_coupon_template, issue_coupons, list_exceptions,
+        get_policy, put_policy, list_exceptions,
         resolve_exception, crate::reports::http::login, crate::reports::http::me,
         crate::reports::http::audit_log, crate::reports::http::adjust,
         crate::reports::http::member_search, crate::reports::http::segments,
@@ -760,7 +617,11 @@ async fn not_found() -> ApiError {
         crate::program::list_gifts, crate::catalog::list_catalog, crate::catalog::list_bundles,
         crate::catalog::get_item, crate::catalog::put_item, crate::catalog::get_bundle,
         crate::catalog::put_bundle, crate::catalog::import_catalog,
-        crate::catalog::export_catalog, crate::program::list_member_feedback),
+        crate::catalog::export_catalog, crate::program::list_member_feedback,
+        crate::coupons::create_template,
+        crate::coupons::list_templates, crate::coupons::issue_coupons,
+        crate::coupons::bulk_issue, crate::coupons::claim, crate::coupons::get_coupon,
+        crate::coupons::create_lottery, crate::coupons::list_lotteries),
     modifiers(&BearerAuth)
 )]
 pub struct HubApi;
@@ -776,11 +637,6 @@ pub fn router(hub: HubState) -> Router {
         .route("/api/v1/checkouts/{id}", get(get_checkout))
         .route("/api/v1/sync/digest", get(digest))
         .route("/api/v1/allowance-policy", get(get_policy).put(put_policy))
-        .route(
-            "/api/v1/coupon-templates",
-            axum::routing::post(create_coupon_template),
-        )
-        .route("/api/v1/coupons", axum::routing::post(issue_coupons))
         .route("/api/v1/exceptions", get(list_exceptions))
         .route(
             "/api/v1/exceptions/{id}/resolve",
@@ -790,6 +646,7 @@ pub fn router(hub: HubState) -> Router {
         .merge(crate::program::routes())
         .merge(crate::catalog::routes())
         .merge(crate::stock::routes())
+        .merge(crate::coupons::routes())
         .fallback(not_found)
         .with_state(hub)
 }

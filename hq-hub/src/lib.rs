@@ -18,6 +18,7 @@ pub mod audit;
 pub mod catalog;
 pub mod catalog_cli;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod exceptions;
 pub mod http;

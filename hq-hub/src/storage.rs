@@ -467,6 +467,15 @@ impl HubSide for SqliteHubSide {
         request: &AuthorizeRequest,
         now_ms: u64,
     ) -> Result<AuthorizeDecision, HubStorageError> {
+        // A claim from a chain-wide coupon pool (decided and written here, no hold).
+        if let Some((decision, head)) =
+            crate::coupons::authorize_pool_claim(&self.writer, request, now_ms)?
+        {
+            if let Some(head) = head {
+                self.log_grew.send_replace(head);
+            }
+            return Ok(decision);
+        }
         let mut book = self
             .reservations
             .lock()

@@ -3,7 +3,7 @@
 //! the JSON reply. An error leaves nothing behind: the writer rolls the savepoint back.
 
 use chainsync_core::allowance::{OfflineSpend, SpendRequest};
-use chainsync_core::checkout::{self, CouponUse, Movement, Payment, PaymentMethod, PricedLine};
+use chainsync_core::checkout::{self, Movement, Payment, PaymentMethod, PricedLine};
 use chainsync_core::hlc::{Hlc, HlcTimestamp};
 use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
 use chainsync_core::member::{
@@ -562,79 +562,6 @@ fn authorize_offline(
     Ok(())
 }
 
-/// Look up the coupons of a checkout; refuse what cannot be redeemed here and now.
-fn coupons_for_checkout(
-    conn: &Connection,
-    codes: &[String],
-    member_id: Option<Uuid>,
-    authority: Authority,
-) -> Result<Vec<CouponUse>, ApiError> {
-    if codes.len() > 8 {
-        return Err(ApiError::invalid_field("at most 8 coupons per checkout"));
-    }
-    let mut seen = BTreeSet::new();
-    let mut uses = Vec::with_capacity(codes.len());
-    for code in codes {
-        if !seen.insert(code.as_str()) {
-            return Err(ApiError::invalid_field(format!(
-                "coupon {code} is listed twice"
-            )));
-        }
-        let found: Option<(Option<String>, i64, i64, bool)> = conn
-            .query_row(
-                "SELECT c.member_id, t.value_fen, t.min_spend_fen, t.online_only
-                 FROM coupons c JOIN coupon_templates t ON t.id = c.template_id
-                 WHERE c.code = ?1",
-                [code],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()?;
-        let Some((owner, value, min_spend, online_only)) = found else {
-            return Err(ApiError::new(
-                422,
-                "unknown_coupon",
-                format!("no coupon with code {code}"),
-            ));
-        };
-        if let Some(owner) = owner
-            && member_id.map(|m| m.to_string()) != Some(owner)
-        {
-            return Err(ApiError::new(
-                422,
-                "coupon_member_mismatch",
-                format!("coupon {code} belongs to another member"),
-            ));
-        }
-        let redeemed: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM coupon_redemptions WHERE code = ?1",
-            [code],
-            |row| row.get(0),
-        )?;
-        if redeemed {
-            return Err(ApiError::new(
-                409,
-                "coupon_already_redeemed",
-                format!("coupon {code} was already used"),
-            ));
-        }
-        if online_only && authority == Authority::Offline {
-            return Err(ApiError::new(
-                422,
-                "online_only",
-                format!(
-                    "coupon {code} can only be used while the store is connected to HQ; \
-                     the link is down now: ask the customer to use it later or another way to pay"
-                ),
-            ));
-        }
-        uses.push(CouponUse {
-            value: Fen(value),
-            min_spend: Fen(min_spend),
-        });
-    }
-    Ok(uses)
-}
-
 pub fn checkout(
     conn: &Connection,
     local: &mut Local,
@@ -716,7 +643,17 @@ pub fn checkout_as(
         }
         None => (None, None),
     };
-    let coupons = coupons_for_checkout(conn, &request.coupons, member_id, authority)?;
+    let coupons = crate::coupons::for_checkout(
+        conn,
+        local.store.as_str(),
+        &request.coupons,
+        member_id,
+        &lines,
+        tier.as_ref(),
+        authority,
+        local.utc_offset_seconds,
+        now_ms,
+    )?;
     let quote = checkout::quote_with_coupons(
         &local.rules,
         &lines,
@@ -784,6 +721,12 @@ pub fn checkout_as(
             local.emit_entry(conn, now_ms, member_id, *movement, Some(sale_id), None)?;
         }
     }
+    let coupons_issued = match member_id {
+        Some(member_id) => {
+            crate::coupons::spend_rewards(conn, local, member_id, sale_id, quote.total, now_ms)?
+        }
+        None => Vec::new(),
+    };
     let mut view: CheckoutView = read::sale_view(local.store.as_str(), &sale, false);
     view.stock_below_zero = stock_below_zero;
     if let Some(member_id) = member_id {
@@ -802,7 +745,11 @@ pub fn checkout_as(
             now_ms,
         )?;
     }
-    Reply::new(201, &view)
+    let mut reply = Reply::new(201, &view)?;
+    if !coupons_issued.is_empty() {
+        reply.body["coupons_issued"] = serde_json::json!(coupons_issued);
+    }
+    Ok(reply)
 }
 
 pub fn refund(

@@ -110,6 +110,7 @@ pub fn check_in(
             None,
             Some(format!("{streak_reason}{streak} {date}")),
         )?;
+        crate::coupons::on_checkin_streak(conn, local, member_id, &date, now_ms)?;
     }
     let view = CheckInView {
         member_id,
@@ -172,6 +173,7 @@ pub fn run_daily(conn: &Connection, local: &mut Local, now_ms: u64) -> Result<Re
             "member_id": member_id, "name": name, "birthday": birthday,
             "date": rules::format_date(today),
         });
+        crate::coupons::on_birthday(conn, local, member_id, today.year(), now_ms)?;
         let message_id = format!("birthday:{member_id}:{}", today.year());
         if outbox::enqueue(
             conn,
@@ -184,6 +186,7 @@ pub fn run_daily(conn: &Connection, local: &mut Local, now_ms: u64) -> Result<Re
             queued += 1;
         }
     }
+    crate::coupons::expiry_reminders(conn, now_ms)?;
     Reply::new(
         200,
         &EngagementRunView {

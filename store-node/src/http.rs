@@ -155,6 +155,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::membership_http::MembershipDoc::openapi());
     doc.merge(crate::stock_http::StockDoc::openapi());
+    doc.merge(crate::coupons::CouponsDoc::openapi());
     Json(doc)
 }
 
@@ -380,7 +381,17 @@ async fn create_checkout(
         Some(idempotency) if already_answered(&app, &idempotency.key).await? => {
             commands::Authority::Standalone
         }
-        _ => authorize(&app, &request, checkout_id).await?,
+        _ => {
+            let pre: NewCheckout = parse_json(&body)?;
+            let store = app.store_id.clone();
+            let offset = app.utc_offset_seconds;
+            app.reads
+                .run(move |conn| {
+                    crate::coupons::precheck(conn, &store, &pre, offset, crate::now_ms())
+                })
+                .await?;
+            authorize(&app, &request, checkout_id).await?
+        }
     };
     app.writer
         .submit(
@@ -482,7 +493,7 @@ async fn authorize(
             if reason == "unknown coupon" {
                 Err(ApiError::new(
                     422,
-                    "unknown_coupon",
+                    "coupon_unknown",
                     format!("no coupon with code {code}"),
                 ))
             } else {
@@ -685,6 +696,7 @@ pub fn router(app: AppState) -> Router {
             get(crate::member_search::member_search),
         )
         .merge(crate::membership_http::routes())
+        .merge(crate::coupons::routes())
         .merge(crate::program::routes())
         .merge(crate::stock_http::routes())
         .fallback(not_found)

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod coupons;
 pub mod db;
 pub mod engagement;
 pub mod http;

@@ -13,15 +13,15 @@ use chainsync_core::count_card::{
 };
 use chainsync_core::gift::{self, GiftRedemption};
 use chainsync_core::ledger::{Account, EntryKind};
-use chainsync_core::op::{CouponRecord, OpV1};
+use chainsync_core::op::OpV1;
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, limits};
 use chainsync_replica::api::{ApiError, Reply};
 use chainsync_replica::program::{
     self, CountCardList, CountCardTemplateList, CountCardView, GiftList, RulesView,
 };
+use chainsync_replica::read;
 use chainsync_replica::views::ErrorBody;
-use chainsync_replica::{project, read};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -86,22 +86,8 @@ pub fn signup_gifts(
         local.emit_entry(conn, now_ms, member_id, movement, None, reason())?;
     }
     if let Some(template_id) = gift.coupon_template {
-        let known: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM coupon_templates WHERE id = ?1",
-            [template_id.to_string()],
-            |row| row.get(0),
-        )?;
-        if known {
-            // The code is unique because the id is (UUIDv7 with random bits).
-            let id = local.new_id(now_ms)?;
-            let record = CouponRecord {
-                code: format!("S{}", id.simple()),
-                template_id,
-                member_id: Some(member_id),
-            };
-            let envelope = local.emit(conn, now_ms, OpV1::CouponIssue(record.clone()))?;
-            project::project_coupon(conn, &record, &envelope.origin)?;
-        } else {
+        // Issued with its channel and the template's validity (crate::coupons).
+        if !crate::coupons::issue_signup(conn, local, template_id, member_id, now_ms)? {
             tracing::warn!(%template_id, "signup coupon template not here yet; no coupon given");
         }
     }

@@ -112,6 +112,20 @@ pub struct CouponUse {
     pub min_spend: Fen,
 }
 
+/// The subtotal of `lines` less the tier discount: what coupons' minimum spends and discount
+/// shares are measured on.
+pub fn total_after_tier(lines: &[PricedLine], tier: Option<&Tier>) -> Result<Fen, CheckoutError> {
+    let mut subtotal = Fen::ZERO;
+    for line in lines {
+        subtotal = subtotal.checked_add(line.unit_price.checked_mul(line.qty)?)?;
+    }
+    let discount = match tier {
+        Some(tier) => subtotal.mul_basis_points(tier.discount_bp)?,
+        None => Fen::ZERO,
+    };
+    Ok(subtotal.checked_sub(discount)?)
+}
+
 /// [`quote`] with coupons. Coupons never make the total negative.
 pub fn quote_with_coupons(
     rules: &Rules,

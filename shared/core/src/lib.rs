@@ -12,6 +12,7 @@
 //! - [`member`]: member profiles as automerge documents, phone normalization.
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
 //! - [`allowance`]: offline spending limits and the hub's book of online grants.
+//! - [`coupon`]: coupon templates and rules, redemption checks, transfers, the lottery wheel.
 //! - [`count_card`]: count cards (templates, purchases, uses) and their overuse exception.
 //! - [`checkout`]: pricing a cart and checking its payments, without touching storage.
 //! - [`refund`]: line-level refunds and the policy that restores payments, points and stored value.
@@ -28,6 +29,7 @@ pub mod allowance;
 pub mod catalog;
 pub mod checkout;
 pub mod count_card;
+pub mod coupon;
 pub mod engagement;
 pub mod exceptions;
 pub mod feedback;

@@ -74,6 +74,16 @@ pub enum OpV1 {
     TransferRequest(crate::stock::TransferRequest),
     /// A member's feedback about a visit (grow-only set by id).
     Feedback(crate::feedback::Feedback),
+    /// A coupon template with every rule (HQ); last writer wins over both template versions.
+    CouponTemplateUpsertV2(crate::coupon::CouponTemplateV2),
+    /// A coupon issued with its channel and validity.
+    CouponIssueV2(crate::coupon::CouponInstance),
+    /// A coupon given to another member; the owner is a fold of a code's transfers.
+    CouponTransfer(crate::coupon::CouponTransfer),
+    /// A lottery wheel created or changed (HQ); last writer wins.
+    LotteryUpsert(crate::coupon::Lottery),
+    /// One draw of a member on a wheel.
+    LotteryDraw(crate::coupon::LotteryDraw),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -202,6 +212,11 @@ impl Op {
             Op::V1(OpV1::StockMovements(_)) => "stock_movements",
             Op::V1(OpV1::TransferRequest(_)) => "transfer_request",
             Op::V1(OpV1::Feedback(_)) => "feedback",
+            Op::V1(OpV1::CouponTemplateUpsertV2(_)) => "coupon_template_v2",
+            Op::V1(OpV1::CouponIssueV2(_)) => "coupon_issue_v2",
+            Op::V1(OpV1::CouponTransfer(_)) => "coupon_transfer",
+            Op::V1(OpV1::LotteryUpsert(_)) => "lottery",
+            Op::V1(OpV1::LotteryDraw(_)) => "lottery_draw",
         }
     }
 

@@ -122,6 +122,28 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
         "SELECT id, member_id, rating, text, checkout_id FROM feedback ORDER BY id",
         5,
     )?;
+    feed(
+        "coupon_rules",
+        "SELECT id, rules_json FROM coupon_templates ORDER BY id",
+        2,
+    )?;
+    feed(
+        "coupon_instances",
+        "SELECT code, owner_id, channel, issued_ms, valid_from_ms, valid_until_ms, pool_store
+         FROM coupons ORDER BY code",
+        7,
+    )?;
+    feed(
+        "coupon_transfers",
+        "SELECT id, code, from_member, to_member, at_ms FROM coupon_transfers ORDER BY id",
+        5,
+    )?;
+    feed("lotteries", "SELECT id, body FROM lotteries ORDER BY id", 2)?;
+    feed(
+        "lottery_draws",
+        "SELECT id, lottery_id, member_id, day, prize, code FROM lottery_draws ORDER BY id",
+        6,
+    )?;
     Ok(hex::encode(hasher.finalize()))
 }
 

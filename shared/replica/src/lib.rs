@@ -10,6 +10,7 @@
 //! - [`node`]: logging, graceful shutdown, opening with migrations (both binaries).
 //! - [`api`]: the API error type and the reply of a write.
 //! - [`catalog`]: the catalog (products with HQ's fields, bundles) and its queries.
+//! - [`coupons`]: rich coupon templates, issued coupons, transfers, lottery wheels and draws.
 //! - [`program`]: the membership program's state (HQ's rule set, count cards).
 //! - [`stock`]: stock movements, levels and transfers; per-store scope digests.
 //!
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod coupons;
 pub mod digest;
 pub mod node;
 pub mod program;

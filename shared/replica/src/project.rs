@@ -41,6 +41,10 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         | Op::V1(OpV1::TransferRequest(_)) => None,
         Op::V1(OpV1::GiftRedeem(redemption)) => Some(redemption.member_id),
         Op::V1(OpV1::Feedback(feedback)) => Some(feedback.member_id),
+        Op::V1(OpV1::CouponTemplateUpsertV2(_)) | Op::V1(OpV1::LotteryUpsert(_)) => None,
+        Op::V1(OpV1::CouponIssueV2(coupon)) => coupon.member_id,
+        Op::V1(OpV1::CouponTransfer(transfer)) => Some(transfer.to_member),
+        Op::V1(OpV1::LotteryDraw(draw)) => Some(draw.member_id),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -358,6 +362,21 @@ pub fn apply_remote(
         Op::V1(OpV1::Feedback(feedback)) => {
             crate::program::project_feedback(conn, feedback, &envelope.origin)?
         }
+        Op::V1(OpV1::CouponTemplateUpsertV2(template)) => {
+            crate::coupons::project_template_v2(conn, template, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::CouponIssueV2(coupon)) => {
+            crate::coupons::project_issue_v2(conn, coupon, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::CouponTransfer(transfer)) => {
+            crate::coupons::project_transfer(conn, transfer, &envelope.origin)?
+        }
+        Op::V1(OpV1::LotteryUpsert(lottery)) => {
+            crate::coupons::project_lottery(conn, lottery, envelope.hlc, &envelope.origin)?
+        }
+        Op::V1(OpV1::LotteryDraw(draw)) => {
+            crate::coupons::project_draw(conn, draw, &envelope.origin)?
+        }
     }
     Ok(true)
 }
@@ -422,7 +441,7 @@ pub fn project_coupon_template(
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, value_fen = excluded.value_fen,
              min_spend_fen = excluded.min_spend_fen, online_only = excluded.online_only,
              hlc_wall_ms = excluded.hlc_wall_ms, hlc_counter = excluded.hlc_counter,
-             origin = excluded.origin",
+             origin = excluded.origin, rules_json = NULL, spend_trigger_fen = NULL, active = 1",
     )?
     .execute(params![
         template.id.to_string(),
@@ -442,7 +461,7 @@ pub fn project_coupon(
     coupon: &chainsync_core::op::CouponRecord,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT OR IGNORE INTO coupons (code, template_id, member_id, origin) VALUES (?1, ?2, ?3, ?4)")?.execute(
+    conn.prepare_cached("INSERT OR IGNORE INTO coupons (code, template_id, member_id, origin, owner_id) VALUES (?1, ?2, ?3, ?4, ?3)")?.execute(
         params![
             coupon.code,
             coupon.template_id.to_string(),
@@ -450,7 +469,7 @@ pub fn project_coupon(
             origin.as_str(),
         ],
     )?;
-    Ok(())
+    crate::coupons::refresh_owner(conn, &coupon.code)
 }
 
 pub fn project_redemption(

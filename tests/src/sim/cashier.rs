@@ -11,6 +11,7 @@ use chainsync_core::checkout::{
     CheckoutError, CouponUse, Movement, Payment, PaymentMethod, PricedLine, Quote,
     quote_with_coupons, reverse,
 };
+use chainsync_core::coupon::{CouponKind, CouponTemplateV2, Validity};
 use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
 use chainsync_core::member::{MemberDoc, Profile, ProfilePatch};
 use chainsync_core::op::{
@@ -52,6 +53,7 @@ const catalogue: [(&str, &str, i64); 8] = [
 
 const template_plain: Uuid = Uuid::from_u128(0x51);
 const template_online_only: Uuid = Uuid::from_u128(0x52);
+const template_discount: Uuid = Uuid::from_u128(0x53);
 
 impl World {
     /// One cashier command at `store` (the store is up).
@@ -254,12 +256,36 @@ impl World {
                 .coupons
                 .get(code)
                 .and_then(|template| proj.templates.get(template));
-            match template {
-                Some(template) => coupons.push(CouponUse {
-                    value: template.value,
+            // The store's own rule check (bearer coupons, valid while the simulation runs).
+            let Some(template) = template else {
+                return Err(CheckoutError::EmptyCart);
+            };
+            let tier = plan.member.map(|_| self.rules.tier_for_spend(Fen::ZERO));
+            let facts = chainsync_core::coupon::CouponFacts {
+                code,
+                template,
+                valid_from_ms: 0,
+                valid_until_ms: u64::MAX,
+                owner: None,
+                redeemed: false,
+                member_redemptions: 0,
+            };
+            let ctx = chainsync_core::coupon::RedeemContext {
+                now_ms: self.now_ms,
+                utc_offset_seconds: 8 * 3_600,
+                store: "",
+                member: plan.member,
+                total: chainsync_core::checkout::total_after_tier(&plan.lines, tier)?,
+                lines: &plan.lines,
+                coupons_in_checkout: plan.codes.len(),
+                offline: false,
+            };
+            match chainsync_core::coupon::check_redeem(&facts, &ctx) {
+                Ok(value) => coupons.push(CouponUse {
+                    value,
                     min_spend: template.min_spend,
                 }),
-                None => return Err(CheckoutError::EmptyCart),
+                Err(_) => return Err(CheckoutError::EmptyCart),
             }
         }
         // Every member is in the first tier here (the simulation keeps no 12-month spend).
@@ -740,6 +766,28 @@ impl World {
                         online_only,
                     }))?;
             }
+            // A richer template: 10 % off (at most ¥15) from ¥30, valid 30 days after issue.
+            self.hub
+                .write_hq(OpV1::CouponTemplateUpsertV2(CouponTemplateV2 {
+                    id: template_discount,
+                    name: "九折券".to_owned(),
+                    kind: CouponKind::Discount {
+                        off_bp: 1_000,
+                        max_off: Fen(1_500),
+                    },
+                    min_spend: Fen(3_000),
+                    validity: Validity::DaysAfterIssue { days: 30 },
+                    stores: Vec::new(),
+                    window: None,
+                    per_member_limit: 0,
+                    stackable: true,
+                    online_only: false,
+                    active: true,
+                    pool: None,
+                    issue_on_spend: None,
+                    issue_on_checkin_streak: false,
+                    issue_on_birthday: false,
+                }))?;
         }
         let version = u64::from(self.day) + 1;
         if self
@@ -765,14 +813,33 @@ impl World {
             let code = format!("Q{:x}{:08x}", self.seed, self.rng.next_u64() as u32);
             let template = if self.rng.chance(300) {
                 template_online_only
+            } else if self.rng.chance(300) {
+                template_discount
             } else {
                 template_plain
             };
-            self.hub.write_hq(OpV1::CouponIssue(CouponRecord {
-                code,
-                template_id: template,
-                member_id: None,
-            }))?;
+            if template == template_discount {
+                // The richer issue: channel and validity fixed at issue (the simulation runs
+                // fewer than 30 days, so it stays valid).
+                self.hub.write_hq(OpV1::CouponIssueV2(
+                    chainsync_core::coupon::CouponInstance {
+                        code,
+                        template_id: template,
+                        member_id: None,
+                        channel: chainsync_core::coupon::Channel::Hq,
+                        issued_ms: self.now_ms,
+                        valid_from_ms: 0,
+                        valid_until_ms: u64::MAX,
+                        pool_store: None,
+                    },
+                ))?;
+            } else {
+                self.hub.write_hq(OpV1::CouponIssue(CouponRecord {
+                    code,
+                    template_id: template,
+                    member_id: None,
+                }))?;
+            }
             self.report.coupons_issued += 1;
         }
         self.after_hub_call(before)

@@ -13,11 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chainsync_core::StoreId;
 use chainsync_core::allowance::{AllowancePolicy, Decision, OfflineSpend};
+use chainsync_core::coupon::CouponTemplateV2;
 use chainsync_core::exceptions::{ExceptionKind, Finding, coupon_finding, member_findings};
 use chainsync_core::hlc::{Hlc, HlcTimestamp};
 use chainsync_core::ledger::{Account, Balances, EntryKind, LedgerEntry, MemberLedger};
 use chainsync_core::member::{MemberDoc, Profile};
-use chainsync_core::op::{CouponTemplate, Envelope, Op, OpV1};
+use chainsync_core::op::{Envelope, Op, OpV1};
 use chainsync_core::sync::{AuthorizeDecision, AuthorizeRequest, HubSide, RelayedOp, StoreSide};
 use chainsync_core::sync_memory::{MemoryHub, MemoryStore};
 use uuid::Uuid;
@@ -86,7 +87,8 @@ pub struct Projection {
     /// Spend, points-redeem and points-earn movements by checkout (what a refund reverses).
     pub sale_movements: BTreeMap<Uuid, Vec<MovementKey>>,
     pub refunds: BTreeMap<Uuid, BTreeSet<Uuid>>,
-    pub templates: BTreeMap<Uuid, CouponTemplate>,
+    /// Both template versions (the first read as `CouponTemplateV2::from_v1`).
+    pub templates: BTreeMap<Uuid, CouponTemplateV2>,
     pub coupons: BTreeMap<String, Uuid>,
     pub redemptions: BTreeMap<String, BTreeSet<(Uuid, StoreId)>>,
     pub policy: Option<AllowancePolicy>,
@@ -214,9 +216,16 @@ impl Projection {
                 }
             }
             OpV1::CouponTemplateUpsert(template) => {
+                self.templates
+                    .insert(template.id, CouponTemplateV2::from_v1(template));
+            }
+            OpV1::CouponTemplateUpsertV2(template) => {
                 self.templates.insert(template.id, template.clone());
             }
             OpV1::CouponIssue(coupon) => {
+                self.coupons.insert(coupon.code.clone(), coupon.template_id);
+            }
+            OpV1::CouponIssueV2(coupon) => {
                 self.coupons.insert(coupon.code.clone(), coupon.template_id);
             }
             OpV1::CouponRedeem(redemption) => {
@@ -243,7 +252,10 @@ impl Projection {
             | OpV1::CatalogItemUpsert(_)
             | OpV1::StockMovements(_)
             | OpV1::TransferRequest(_)
-            | OpV1::Feedback(_) => {}
+            | OpV1::Feedback(_)
+            | OpV1::CouponTransfer(_)
+            | OpV1::LotteryUpsert(_)
+            | OpV1::LotteryDraw(_) => {}
         }
         true
     }
