@@ -35,4 +35,5 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+        .saturating_add_signed(chainsync_replica::node::test_clock_offset_ms())
 }

@@ -44,10 +44,12 @@ pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
     Ok(bytes)
 }
 
-/// Wall-clock time in Unix ms: the one clock reading of the store node's write path.
+/// Wall-clock time in Unix ms: the one clock reading of the store node's write path (moved by
+/// the test clock, [`chainsync_replica::node::test_clock_offset_ms`], in tests only).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+        .saturating_add_signed(chainsync_replica::node::test_clock_offset_ms())
 }

@@ -86,6 +86,7 @@ fn cli(bin: &Path, args: &[&str]) -> Result<String> {
 fn spawn_server(
     bin: &Path,
     args: &[String],
+    env: &[(String, String)],
     log: &Path,
     prefixes: &[&str],
 ) -> Result<(Child, Vec<String>)> {
@@ -95,6 +96,7 @@ fn spawn_server(
         .open(log)?;
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
@@ -157,11 +159,18 @@ pub struct Hub {
     pub api: Api,
     child: Option<Child>,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Hub {
     /// Initialize a hub in `dir/hub` and serve it.
     pub fn start(dir: &Path) -> Result<Hub> {
+        Hub::start_with_env(dir, &[])
+    }
+
+    /// Like [`Hub::start`], `serve` running with these environment variables (also on restart),
+    /// e.g. the test clock (`CHAINSYNC_TEST_CLOCK_FILE`, see [`TestClock`]).
+    pub fn start_with_env(dir: &Path, env: &[(String, String)]) -> Result<Hub> {
         let bin = hq_hub_bin()?;
         let data = dir.join("hub");
         let quic = free_udp()?;
@@ -201,6 +210,7 @@ impl Hub {
             api: Api::new(&format!("http://{http}")),
             child: None,
             log: dir.join("hub.log"),
+            env: env.to_vec(),
         };
         hub.serve()?;
         Ok(hub)
@@ -215,6 +225,7 @@ impl Hub {
         let (child, _) = spawn_server(
             &hq_hub_bin()?,
             &args,
+            &self.env,
             &self.log,
             &["quic listening on", "http listening on"],
         )?;
@@ -306,11 +317,23 @@ pub struct Store {
     child: Option<Child>,
     log: PathBuf,
     listen: SocketAddr,
+    env: Vec<(String, String)>,
 }
 
 impl Store {
     /// `init --bundle`, add a cashier and a manager, serve on a free port (kept on restart).
     pub fn start(id: &str, dir: &Path, bundle: &Path) -> Result<Store> {
+        Store::start_with_env(id, dir, bundle, &[])
+    }
+
+    /// Like [`Store::start`], `serve` running with these environment variables (also on
+    /// restart).
+    pub fn start_with_env(
+        id: &str,
+        dir: &Path,
+        bundle: &Path,
+        env: &[(String, String)],
+    ) -> Result<Store> {
         let bin = store_node_bin()?;
         let data = dir.join(id);
         let data_text = data.display().to_string();
@@ -360,6 +383,7 @@ impl Store {
             child: None,
             log: dir.join(format!("{id}.log")),
             listen,
+            env: env.to_vec(),
         };
         store.serve()?;
         Ok(store)
@@ -373,7 +397,13 @@ impl Store {
             "--listen".to_owned(),
             self.listen.to_string(),
         ];
-        let (child, _) = spawn_server(&store_node_bin()?, &args, &self.log, &["listening on"])?;
+        let (child, _) = spawn_server(
+            &store_node_bin()?,
+            &args,
+            &self.env,
+            &self.log,
+            &["listening on"],
+        )?;
         self.child = Some(child);
         Ok(())
     }
@@ -424,6 +454,48 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A clock shared by the nodes of a test cluster: a file holding an offset in ms that both
+/// binaries add to their wall clock when `CHAINSYNC_TEST_CLOCK_FILE` names it (test only).
+/// Move it forward only, so every node's HLC stays monotone.
+pub struct TestClock {
+    pub path: PathBuf,
+}
+
+impl TestClock {
+    pub fn new(dir: &Path) -> Result<TestClock> {
+        let clock = TestClock {
+            path: dir.join("test-clock-offset-ms"),
+        };
+        clock.set_offset_ms(0)?;
+        Ok(clock)
+    }
+
+    /// The environment a node needs to follow this clock.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "CHAINSYNC_TEST_CLOCK_FILE".to_owned(),
+            self.path.display().to_string(),
+        )]
+    }
+
+    pub fn set_offset_ms(&self, offset_ms: i64) -> Result<()> {
+        // Written whole then renamed, so a node never reads half a number.
+        let staging = self.path.with_extension("new");
+        std::fs::write(&staging, offset_ms.to_string())?;
+        std::fs::rename(&staging, &self.path)?;
+        Ok(())
+    }
+
+    /// The cluster's time now (the wall clock plus the offset in the file).
+    pub fn now_ms(&self) -> Result<u64> {
+        let offset: i64 = std::fs::read_to_string(&self.path)?.trim().parse()?;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        Ok(wall.saturating_add_signed(offset))
     }
 }
 

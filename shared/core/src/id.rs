@@ -7,6 +7,21 @@ use uuid::Uuid;
 
 use crate::limits;
 
+/// An id derived from a key (the first 16 bytes of SHA-256 of a domain tag and the key, as a
+/// version-8 UUID): the same key gives the same id at every replica, so two stores that decide
+/// the same once-only thing while apart (a referral reward, a points expiry) write entries with
+/// the same id, and the ledger's set union keeps one.
+pub fn derived_id(key: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"chainsync-derived-id\0");
+    hasher.update(key.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// A store's identity: 1..=32 bytes of `[a-z0-9-]`, not starting or ending with `-`.
 /// The hub is the store `hq`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -7,6 +7,12 @@
 //! Merge law: a replica's ledger is a *set* of entries keyed by their id (grow-only set union).
 //! Union is commutative, associative and idempotent, and the fold (a sum, done in `i128`) does
 //! not depend on order, so any delivery order with any duplicates gives the same balances.
+//!
+//! Derived ids: a once-only entry (a referral reward, a points expiry) has an id derived from
+//! what it is for ([`crate::id::derived_id`]), so two stores deciding it while apart write the
+//! same id. If their entries differ (another rule version, another duplicate member), every
+//! replica keeps the one written first by (HLC, origin, seq) ([`LedgerEntry::wins_over`]): a
+//! minimum, hence commutative, associative and idempotent like the union.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,6 +50,8 @@ pub enum EntryKind {
     StoredValueAdjust,
     /// Points given by an engagement rule (check-in, streak, referral), with a reason.
     PointsReward,
+    /// Points that expired under HQ's expiry policy (negative; derived id per member and year).
+    PointsExpire,
 }
 
 impl EntryKind {
@@ -59,6 +67,7 @@ impl EntryKind {
             EntryKind::PointsReverse => "points_reverse",
             EntryKind::StoredValueAdjust => "stored_value_adjust",
             EntryKind::PointsReward => "points_reward",
+            EntryKind::PointsExpire => "points_expire",
         }
     }
 }
@@ -108,9 +117,8 @@ impl LedgerEntry {
             RechargePrincipal => self.account == Principal,
             RechargeBonus => self.account == Bonus,
             Spend | Refund => stored_value,
-            PointsEarn | PointsRedeem | PointsAdjust | PointsReverse | PointsReward => {
-                self.account == Points
-            }
+            PointsEarn | PointsRedeem | PointsAdjust | PointsReverse | PointsReward
+            | PointsExpire => self.account == Points,
             StoredValueAdjust => self.account == Principal,
         };
         if !account_ok {
@@ -123,7 +131,7 @@ impl LedgerEntry {
             RechargePrincipal | RechargeBonus | Refund | PointsEarn | PointsReward => {
                 (self.amount > 0, "positive")
             }
-            Spend | PointsRedeem => (self.amount < 0, "negative"),
+            Spend | PointsRedeem | PointsExpire => (self.amount < 0, "negative"),
             PointsAdjust | PointsReverse | StoredValueAdjust => (self.amount != 0, "non-zero"),
         };
         if !sign_ok {
@@ -134,6 +142,28 @@ impl LedgerEntry {
             });
         }
         Ok(())
+    }
+
+    /// Of two entries with the same id, the one every replica keeps: the first written by
+    /// (HLC, origin, seq), then by content (one operation holds one entry, so that only
+    /// decides between malformed twins). A total order, so the choice does not depend on
+    /// arrival order.
+    pub fn wins_over(&self, other: &LedgerEntry) -> bool {
+        let key = |e: &LedgerEntry| {
+            (
+                e.hlc,
+                e.origin.clone(),
+                e.seq,
+                e.member_id,
+                e.kind,
+                e.account,
+                e.amount,
+                e.checkout_id,
+                e.reason.clone(),
+                e.rule_version,
+            )
+        };
+        key(self) < key(other)
     }
 }
 
@@ -181,13 +211,21 @@ pub struct MemberLedger {
 }
 
 impl MemberLedger {
-    /// Add an entry; returns false if it was already there (idempotent).
+    /// Add an entry; returns false if its id was already there (idempotent). Of two entries
+    /// with one id, the one that [wins](LedgerEntry::wins_over) stays.
     pub fn insert(&mut self, entry: LedgerEntry) -> bool {
-        if self.entries.contains_key(&entry.id) {
-            return false;
+        match self.entries.get_mut(&entry.id) {
+            Some(held) => {
+                if entry.wins_over(held) {
+                    *held = entry;
+                }
+                false
+            }
+            None => {
+                self.entries.insert(entry.id, entry);
+                true
+            }
         }
-        self.entries.insert(entry.id, entry);
-        true
     }
 
     /// Set union with another replica's ledger.
@@ -282,5 +320,62 @@ mod tests {
         assert_eq!(balances.principal, Fen(38_000));
         assert_eq!(balances.bonus, Fen(5_000));
         assert_eq!(balances.stored_value().unwrap(), Fen(43_000));
+    }
+
+    mod merge {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arbitrary_entry() -> impl Strategy<Value = LedgerEntry> {
+            // Few ids, so the same id often arrives with different contents.
+            (0u128..4, 0u64..3, 0u32..2, 0usize..2, 0u64..3, 1i64..500).prop_map(
+                |(id, wall_ms, counter, origin, seq, amount)| LedgerEntry {
+                    id: Uuid::from_u128(id),
+                    origin: StoreId::parse(["s1", "s2"][origin]).unwrap(),
+                    seq,
+                    hlc: HlcTimestamp { wall_ms, counter },
+                    member_id: Uuid::from_u128(1),
+                    kind: EntryKind::PointsReward,
+                    account: Account::Points,
+                    amount,
+                    checkout_id: None,
+                    reason: None,
+                    rule_version: 1,
+                },
+            )
+        }
+
+        proptest! {
+            /// Entries with one id keep the same winner in any order, with any duplicates.
+            #[test]
+            fn same_id_entries_converge_in_any_order(
+                entries in proptest::collection::vec(arbitrary_entry(), 0..12),
+                cut in 0usize..12,
+            ) {
+                let mut forward = MemberLedger::default();
+                for entry in &entries {
+                    forward.insert(entry.clone());
+                }
+                let mut backward = MemberLedger::default();
+                for entry in entries.iter().rev() {
+                    backward.insert(entry.clone());
+                    backward.insert(entry.clone());
+                }
+                prop_assert_eq!(&forward, &backward);
+                let cut = cut.min(entries.len());
+                let (mut left, mut right) = (MemberLedger::default(), MemberLedger::default());
+                for entry in &entries[..cut] {
+                    left.insert(entry.clone());
+                }
+                for entry in &entries[cut..] {
+                    right.insert(entry.clone());
+                }
+                let mut merged = right.clone();
+                merged.merge(&left);
+                left.merge(&right);
+                prop_assert_eq!(&left, &merged);
+                prop_assert_eq!(&left, &forward);
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`hlc`]: the hybrid logical clock that orders replicated writes.
 //! - [`ledger`]: immutable stored-value and points entries, and balances as their fold.
 //! - [`member`]: member profiles as automerge documents, phone normalization.
+//! - [`referral`]: referrals (老带新) and their once-only rewards with derived entry ids.
+//! - [`points_expiry`]: the points expiry policy, oldest-first spending and expired amounts.
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
 //! - [`allowance`]: offline spending limits and the hub's book of online grants.
 //! - [`coupon`]: coupon templates and rules, redemption checks, transfers, the lottery wheel.
@@ -41,6 +43,8 @@ pub mod limits;
 pub mod member;
 pub mod money;
 pub mod op;
+pub mod points_expiry;
+pub mod referral;
 pub mod refund;
 pub mod rules;
 pub mod stock;

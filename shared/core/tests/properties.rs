@@ -91,7 +91,7 @@ impl Sign {
     }
 }
 
-const ALL_KINDS: [EntryKind; 10] = [
+const ALL_KINDS: [EntryKind; 11] = [
     EntryKind::RechargePrincipal,
     EntryKind::RechargeBonus,
     EntryKind::Spend,
@@ -102,13 +102,14 @@ const ALL_KINDS: [EntryKind; 10] = [
     EntryKind::PointsReverse,
     EntryKind::StoredValueAdjust,
     EntryKind::PointsReward,
+    EntryKind::PointsExpire,
 ];
 
 const ALL_ACCOUNTS: [Account; 3] = [Account::Principal, Account::Bonus, Account::Points];
 
 /// Every (kind, account, sign) that `LedgerEntry::validate` accepts; checked against
 /// `validate` by `the_valid_shapes_are_exactly_those_validate_accepts`.
-const VALID_SHAPES: [(EntryKind, Account, Sign); 12] = [
+const VALID_SHAPES: [(EntryKind, Account, Sign); 13] = [
     (
         EntryKind::RechargePrincipal,
         Account::Principal,
@@ -129,6 +130,7 @@ const VALID_SHAPES: [(EntryKind, Account, Sign); 12] = [
         Sign::NonZero,
     ),
     (EntryKind::PointsReward, Account::Points, Sign::Positive),
+    (EntryKind::PointsExpire, Account::Points, Sign::Negative),
 ];
 
 /// Fails to compile when a kind is added, so that `ALL_KINDS` and `VALID_SHAPES` get updated.
@@ -143,7 +145,8 @@ fn kind_is_listed(kind: EntryKind) -> bool {
         | EntryKind::PointsAdjust
         | EntryKind::PointsReverse
         | EntryKind::StoredValueAdjust
-        | EntryKind::PointsReward => ALL_KINDS.contains(&kind),
+        | EntryKind::PointsReward
+        | EntryKind::PointsExpire => ALL_KINDS.contains(&kind),
     }
 }
 

@@ -6,6 +6,19 @@ use rusqlite::Connection;
 use rusqlite_migration::Migrations;
 use std::path::Path;
 
+/// Tests only: if `CHAINSYNC_TEST_CLOCK_FILE` names a file, the signed number of ms written in
+/// it, which both binaries add to their wall clock (read at every call; missing or malformed
+/// counts as 0). A cluster test points all its nodes at one file to move their days forward
+/// together (check-in streaks, points expiry). Not a config setting; unset in production.
+pub fn test_clock_offset_ms() -> i64 {
+    static file: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    file.get_or_init(|| std::env::var_os("CHAINSYNC_TEST_CLOCK_FILE").map(Into::into))
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
 /// Structured logs to stderr (`RUST_LOG` filters; default `info`); colours only on a terminal.
 pub fn init_tracing() {
     tracing_subscriber::fmt()

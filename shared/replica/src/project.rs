@@ -139,12 +139,42 @@ pub fn account_name(account: Account) -> &'static str {
     }
 }
 
-/// Add a ledger entry and move the member's cached balance by its amount.
+/// Add a ledger entry and move the member's cached balance by its amount. An entry whose id is
+/// already held (a derived id written by two stores apart: a referral reward, a points expiry)
+/// replaces the held one only if it was written first by (HLC, origin, seq), so every replica
+/// keeps the same one whatever the arrival order (`LedgerEntry::wins_over`).
 pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<()> {
-    let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
-             account, amount, checkout_id, reason, rule_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")?.execute(
-        params![
+    let held: Option<(String, i64, i64, String, i64)> = conn
+        .prepare_cached(
+            "SELECT member_id, hlc_wall_ms, hlc_counter, origin, seq FROM ledger WHERE id = ?1",
+        )?
+        .query_row([entry.id.to_string()], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .optional()?;
+    if let Some((held_member, wall_ms, counter, origin, seq)) = held {
+        let incoming = (
+            entry.hlc.wall_ms as i64,
+            i64::from(entry.hlc.counter),
+            entry.origin.as_str(),
+            entry.seq as i64,
+        );
+        if incoming >= (wall_ms, counter, origin.as_str(), seq) {
+            return Ok(());
+        }
+        conn.prepare_cached(
+            "UPDATE ledger SET member_id = ?2, origin = ?3, seq = ?4, hlc_wall_ms = ?5,
+                 hlc_counter = ?6, kind = ?7, account = ?8, amount = ?9, checkout_id = ?10,
+                 reason = ?11, rule_version = ?12
+             WHERE id = ?1",
+        )?
+        .execute(params![
             entry.id.to_string(),
             entry.member_id.to_string(),
             entry.origin.as_str(),
@@ -157,19 +187,38 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
             entry.checkout_id.map(|id| id.to_string()),
             entry.reason,
             entry.rule_version,
-        ],
-    )?;
-    if inserted == 1 {
-        let update = match entry.account {
-            Account::Principal => {
-                "UPDATE members SET principal_fen = principal_fen + ?1 WHERE id = ?2"
-            }
-            Account::Bonus => "UPDATE members SET bonus_fen = bonus_fen + ?1 WHERE id = ?2",
-            Account::Points => "UPDATE members SET points = points + ?1 WHERE id = ?2",
-        };
-        conn.prepare_cached(update)?
-            .execute(params![entry.amount, entry.member_id.to_string()])?;
+        ])?;
+        if let Ok(held_member) = Uuid::parse_str(&held_member) {
+            refold_balances(conn, held_member)?;
+        }
+        return refold_balances(conn, entry.member_id);
     }
+    conn.prepare_cached(
+        "INSERT INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
+             account, amount, checkout_id, reason, rule_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        entry.id.to_string(),
+        entry.member_id.to_string(),
+        entry.origin.as_str(),
+        entry.seq as i64,
+        entry.hlc.wall_ms as i64,
+        entry.hlc.counter,
+        entry.kind.as_str(),
+        account_name(entry.account),
+        entry.amount,
+        entry.checkout_id.map(|id| id.to_string()),
+        entry.reason,
+        entry.rule_version,
+    ])?;
+    let update = match entry.account {
+        Account::Principal => "UPDATE members SET principal_fen = principal_fen + ?1 WHERE id = ?2",
+        Account::Bonus => "UPDATE members SET bonus_fen = bonus_fen + ?1 WHERE id = ?2",
+        Account::Points => "UPDATE members SET points = points + ?1 WHERE id = ?2",
+    };
+    conn.prepare_cached(update)?
+        .execute(params![entry.amount, entry.member_id.to_string()])?;
     Ok(())
 }
 
