@@ -1,4 +1,4 @@
-//! HQ's side of the membership program: the rule set (authored here as `RulesSet`, origin
+//! HQ's side of the membership program: the rule set (authored here as `RulesSetV2`, origin
 //! `hq`, highest version wins) and count-card templates.
 
 use axum::extract::rejection::PathRejection;
@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use chainsync_core::count_card::{self, CountCardTemplate};
 use chainsync_core::gift;
 use chainsync_core::op::OpV1;
+use chainsync_core::rules::RulesDocument;
 use chainsync_replica::api::ApiError;
 use chainsync_replica::program::{
     self, CountCardList, CountCardTemplateList, CountCardTemplateView, FeedbackList, GiftList,
@@ -53,7 +54,8 @@ pub async fn put_rules(
     let rules = change
         .to_rules(version)
         .map_err(|e| ApiError::new(422, "invalid_rules", e.to_string()))?;
-    hub.author(OpV1::RulesSet(rules.clone())).await?;
+    hub.author(OpV1::RulesSetV2(RulesDocument::of(&rules)))
+        .await?;
     Ok(Json(RulesView::of(&rules)))
 }
 

@@ -49,8 +49,9 @@ pub enum OpV1 {
     CouponIssue(CouponRecord),
     /// A coupon used at a checkout. Two redemptions of one code are a double redemption.
     CouponRedeem(CouponRedemption),
-    /// HQ's membership rules (whole set); the highest version wins.
-    RulesSet(crate::rules::Rules),
+    /// HQ's membership rules (whole set, frozen first encoding: stores before `RulesSetV2`);
+    /// the highest version wins over both variants.
+    RulesSet(crate::rules::v1::RulesV1),
     /// A count-card template created or changed (HQ); last writer wins.
     CountCardTemplateUpsert(crate::count_card::CountCardTemplate),
     /// A count card bought by a member.
@@ -84,6 +85,10 @@ pub enum OpV1 {
     LotteryUpsert(crate::coupon::Lottery),
     /// One draw of a member on a wheel.
     LotteryDraw(crate::coupon::LotteryDraw),
+    /// HQ's membership rules (whole set) as a JSON document that later rule fields extend
+    /// without a new variant (`crate::rules` says how); the highest version wins over both
+    /// variants. The hub authors this one.
+    RulesSetV2(crate::rules::RulesDocument),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -217,6 +222,7 @@ impl Op {
             Op::V1(OpV1::CouponTransfer(_)) => "coupon_transfer",
             Op::V1(OpV1::LotteryUpsert(_)) => "lottery",
             Op::V1(OpV1::LotteryDraw(_)) => "lottery_draw",
+            Op::V1(OpV1::RulesSetV2(_)) => "rules_set_v2",
         }
     }
 

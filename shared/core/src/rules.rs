@@ -2,20 +2,40 @@
 //! with a version; every entry records the version that produced it.
 //!
 //! Where they live: HQ writes a whole rule set through the hub's API (`PUT /api/v1/rules`); the
-//! hub authors it as an `OpV1::RulesSet` operation (origin `hq`) that replicates to every
-//! store. The highest version wins everywhere, whatever the order of arrival; a store applies
-//! the version it holds (offline too) and stamps it on every entry it writes. Until HQ sets
-//! one, [`Rules::default`] (version 1) applies.
+//! hub authors it as an `OpV1::RulesSetV2` operation (origin `hq`) that replicates to every
+//! store. The highest version wins everywhere, whatever the order of arrival and whichever
+//! variant carried it (the original `OpV1::RulesSet`, frozen in [`v1`], still decodes and
+//! applies); a store applies the version it holds (offline too) and stamps it on every entry
+//! it writes. Until HQ sets one, [`Rules::default`] (version 1) applies.
 //!
-//! Adding a rule type: add a field here (with its default in [`Rules::default`] and its check
-//! in [`Rules::validate`]), use it where the store decides (`store-node/src/commands.rs` or a
-//! module next to it), and add it to the hub's `PUT /api/v1/rules` body. Old rule sets are
-//! never reinterpreted: entries already written keep the version that produced them.
+//! Encoding: `RulesSetV2` carries a [`RulesDocument`], the version plus the whole [`Rules`] as a
+//! JSON object. A replica keeps that JSON text as it came (so digests agree between replicas of
+//! different builds) and reads it into the [`Rules`] it knows: unknown fields are ignored and
+//! missing ones take their `#[serde(default)]`. So a store one build older reads a newer rule
+//! set, minus the rules it does not know yet, and adding a rule needs no new operation variant.
+//!
+//! Adding a rule type:
+//! 1. add the field to [`Rules`] (or to [`Tier`], [`SignupGift`], …) with `#[serde(default)]`
+//!    (or `#[serde(default = "...")]`) whose value keeps today's behaviour, and set the same
+//!    value in [`Rules::default`]; never rename a field, change its type or its meaning (make a
+//!    new field instead), and never put `deny_unknown_fields` on these structs;
+//! 2. check its bounds in [`Rules::validate`] (the hub refuses a set that fails, 422
+//!    `invalid_rules`);
+//! 3. add it to the hub's JSON (`RulesView` in `shared/replica/src/program.rs`, both
+//!    conversions, `#[serde(default)]` there too so older `PUT` bodies stay valid) and to
+//!    docs/hub-api.md;
+//! 4. use it where the store decides (`store-node/src/program.rs`, `commands.rs`, or the module
+//!    that needs it, reading `local.rules`), as a pure function here with its tests.
+//!
+//! Never touch [`v1`]. Old rule sets are never reinterpreted: entries already written keep the
+//! version that produced them.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::money::{Fen, Overflow};
+
+pub mod v1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
@@ -192,6 +212,48 @@ impl Rules {
     }
 }
 
+/// Largest rules document (JSON text) in a `RulesSetV2`, in bytes.
+pub const rules_document_bytes_max: usize = 64 * 1024;
+
+/// A rule set as `OpV1::RulesSetV2` carries it: its version and the whole [`Rules`] as a JSON
+/// object (which repeats the version). See the module doc for why JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesDocument {
+    pub version: u32,
+    pub json: String,
+}
+
+impl RulesDocument {
+    pub fn of(rules: &Rules) -> RulesDocument {
+        RulesDocument {
+            version: rules.version,
+            // Serializing our own in-memory value (plain fields, string keys) cannot fail.
+            json: serde_json::to_string(rules).unwrap_or_default(),
+        }
+    }
+
+    /// The rules this document holds, as far as this build knows them: unknown fields are
+    /// ignored, fields it lacks take their defaults. Refused: not a JSON object of rules, too
+    /// large, or a version that differs from the document's.
+    pub fn rules(&self) -> Result<Rules, InvalidRules> {
+        if self.json.len() > rules_document_bytes_max {
+            return Err(InvalidRules(format!(
+                "rules document is {} bytes, more than {rules_document_bytes_max}",
+                self.json.len()
+            )));
+        }
+        let rules: Rules = serde_json::from_str(&self.json)
+            .map_err(|e| InvalidRules(format!("rules document: {e}")))?;
+        if rules.version != self.version {
+            return Err(InvalidRules(format!(
+                "rules document says version {} inside version {}",
+                rules.version, self.version
+            )));
+        }
+        Ok(rules)
+    }
+}
+
 static DEFAULT_TIER: Tier = Tier {
     name: String::new(),
     spend_threshold: Fen(0),
@@ -242,5 +304,110 @@ mod tests {
         let tier = rules.tier_for_spend(Fen(0)).clone();
         assert_eq!(rules.points_for(Fen(12_399), &tier).unwrap(), 123);
         assert_eq!(rules.points_for(Fen(-5), &tier).unwrap(), 0);
+    }
+
+    /// What `OpV1::RulesSet` carried and what replicas kept for it, byte for byte, before
+    /// `RulesSetV2`: the frozen layout must keep decoding both.
+    const old_rules_set_op_hex: &str = "0009010306e699aee9809a0000c80106e9bb84e98791c0843de807c8\
+        0106e992bbe79fb38092f401d00fc80101a08d06d00f0202c0843d000000";
+    const old_rules_json: &str = r#"{"version":1,"tiers":[{"name":"普通","spend_threshold":0,"discount_bp":0,"points_multiplier_pct":100},{"name":"黄金","spend_threshold":500000,"discount_bp":500,"points_multiplier_pct":100},{"name":"钻石","spend_threshold":2000000,"discount_bp":1000,"points_multiplier_pct":100}],"recharge_bonus":[{"min_amount":50000,"bonus_bp":1000}],"points_per_yuan":1,"point_value_fen":1,"prepaid_cap":500000,"signup":{"points":0,"stored_value":0,"coupon_template":null}}"#;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn an_old_rules_set_still_decodes_and_reads_as_today() {
+        use crate::op::{Op, OpV1};
+        let old = v1::RulesV1::of(&Rules::default());
+        let op = Op::V1(OpV1::RulesSet(old.clone()));
+        let golden = old_rules_set_op_hex.replace(' ', "");
+        assert_eq!(
+            hex(&op.encode()),
+            golden,
+            "the old encoding must not change"
+        );
+        let bytes: Vec<u8> = (0..golden.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
+            .collect();
+        let Op::V1(OpV1::RulesSet(decoded)) = Op::decode(&bytes).unwrap() else {
+            panic!("not a RulesSet");
+        };
+        assert_eq!(Rules::from(decoded), Rules::default());
+        // What a replica kept for it reads into today's rules, later fields at their defaults.
+        assert_eq!(serde_json::to_string(&old).unwrap(), old_rules_json);
+        let kept: Rules = serde_json::from_str(old_rules_json).unwrap();
+        assert_eq!(kept, Rules::default());
+    }
+
+    #[test]
+    fn a_rules_document_round_trips_through_the_op() {
+        use crate::op::{Op, OpV1};
+        let rules = Rules {
+            version: 7,
+            signup: SignupGift {
+                points: 50,
+                ..SignupGift::default()
+            },
+            ..Rules::default()
+        };
+        let op = Op::V1(OpV1::RulesSetV2(RulesDocument::of(&rules)));
+        let Op::V1(OpV1::RulesSetV2(document)) = Op::decode(&op.encode()).unwrap() else {
+            panic!("not a RulesSetV2");
+        };
+        assert_eq!(document.version, 7);
+        assert_eq!(document.rules().unwrap(), rules);
+    }
+
+    #[test]
+    fn a_rules_document_with_fields_this_build_does_not_know_still_reads() {
+        let mut newer: serde_json::Value =
+            serde_json::from_str(&RulesDocument::of(&Rules::default()).json).unwrap();
+        newer["version"] = 3.into();
+        newer["referral"] = serde_json::json!({"referrer_points": 100, "nested": [1, 2]});
+        newer["tiers"][1]["points_threshold"] = 5_000.into();
+        newer["signup"]["welcome_text"] = "欢迎".into();
+        let document = RulesDocument {
+            version: 3,
+            json: newer.to_string(),
+        };
+        let read = document.rules().unwrap();
+        let expected = Rules {
+            version: 3,
+            ..Rules::default()
+        };
+        assert_eq!(
+            read, expected,
+            "unknown fields ignored, the rest as written"
+        );
+        // The oldest document there is, the frozen layout's JSON, reads too.
+        let oldest = RulesDocument {
+            version: 1,
+            json: old_rules_json.to_owned(),
+        };
+        assert_eq!(oldest.rules().unwrap(), Rules::default());
+    }
+
+    #[test]
+    fn bad_rules_documents_are_refused() {
+        let good = RulesDocument::of(&Rules::default());
+        let wrong_version = RulesDocument {
+            version: 2,
+            ..good.clone()
+        };
+        assert!(wrong_version.rules().is_err());
+        for json in ["", "[]", "{}", "not json", r#"{"version":1}"#] {
+            let document = RulesDocument {
+                version: 1,
+                json: json.to_owned(),
+            };
+            assert!(document.rules().is_err(), "{json:?}");
+        }
+        let huge = RulesDocument {
+            version: 1,
+            json: format!("{}{}", good.json, " ".repeat(rules_document_bytes_max)),
+        };
+        assert!(huge.rules().is_err());
     }
 }

@@ -5,7 +5,10 @@ use chainsync_core::count_card::{
     self, CountCardPurchase, CountCardTemplate, CountCardUse, CountCardUseReversal,
 };
 use chainsync_core::hlc::HlcTimestamp;
-use chainsync_core::rules::{InvalidRules, RechargeBonusStep, Rules, SignupGift, Tier};
+use chainsync_core::rules::v1::RulesV1;
+use chainsync_core::rules::{
+    InvalidRules, RechargeBonusStep, Rules, RulesDocument, SignupGift, Tier,
+};
 use chainsync_core::{Fen, StoreId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -22,15 +25,37 @@ CREATE TABLE rules_config (
 );
 "#;
 
-/// The highest version wins.
-pub fn project_rules(conn: &Connection, rules: &Rules) -> rusqlite::Result<()> {
+/// An original `RulesSet`: kept as the JSON of its frozen layout (what replicas always kept
+/// for it, so the digest of an old rule set is unchanged).
+pub fn project_rules(conn: &Connection, rules: &RulesV1) -> rusqlite::Result<()> {
     let body = serde_json::to_string(rules).unwrap_or_default();
+    keep_rules(conn, rules.version, &body)
+}
+
+/// A `RulesSetV2`: its JSON text is kept as it came (unknown fields included, so every build
+/// keeps the same bytes), if this build can read it (a document that is not a rule set is
+/// never applied; the operation itself stays in the log).
+pub fn project_rules_document(conn: &Connection, document: &RulesDocument) -> rusqlite::Result<()> {
+    match document.rules() {
+        Ok(_) => keep_rules(conn, document.version, &document.json),
+        Err(e) => {
+            tracing::warn!(version = document.version, error = %e, "rules document not applied");
+            Ok(())
+        }
+    }
+}
+
+/// The highest (version, body) wins, so the kept row is the maximum over every rule set held,
+/// whichever variant carried it: commutative, associative and idempotent, hence independent of
+/// arrival order and of duplicates. (Bodies only break a tie no hub produces: one version each.)
+fn keep_rules(conn: &Connection, version: u32, body: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO rules_config (id, version, body) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET version = excluded.version, body = excluded.body
-         WHERE excluded.version > rules_config.version",
+         WHERE excluded.version > rules_config.version
+            OR (excluded.version = rules_config.version AND excluded.body > rules_config.body)",
     )?
-    .execute(params![i64::from(rules.version), body])?;
+    .execute(params![i64::from(version), body])?;
     Ok(())
 }
 
@@ -829,4 +854,109 @@ pub fn member_feedback(
         },
     )?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema_v1).unwrap();
+        conn
+    }
+
+    fn kept(conn: &Connection) -> Option<(i64, String)> {
+        conn.query_row("SELECT version, body FROM rules_config", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()
+        .unwrap()
+    }
+
+    /// A rule set of `version`, carried by either variant; a V2 one names a field this build
+    /// does not know.
+    fn rule_set(version: u32, as_v2: bool) -> Result<RulesDocument, RulesV1> {
+        let rules = Rules {
+            version,
+            prepaid_cap: Fen(1_000 * i64::from(version)),
+            ..Rules::default()
+        };
+        if as_v2 {
+            let mut json: serde_json::Value =
+                serde_json::from_str(&RulesDocument::of(&rules).json).unwrap();
+            json["rule_from_a_later_build"] = serde_json::json!({"pct": 150});
+            Ok(RulesDocument {
+                version,
+                json: json.to_string(),
+            })
+        } else {
+            Err(RulesV1::of(&rules))
+        }
+    }
+
+    fn apply(conn: &Connection, set: &Result<RulesDocument, RulesV1>) {
+        match set {
+            Ok(document) => project_rules_document(conn, document).unwrap(),
+            Err(old) => project_rules(conn, old).unwrap(),
+        }
+    }
+
+    #[test]
+    fn old_and_new_rule_sets_both_apply_and_the_highest_version_wins() {
+        let conn = open();
+        assert_eq!(rules(&conn).unwrap(), Rules::default());
+        apply(&conn, &rule_set(2, false));
+        assert_eq!(rules_version(&conn).unwrap(), 2);
+        assert_eq!(rules(&conn).unwrap().prepaid_cap, Fen(2_000));
+        let v3 = rule_set(3, true);
+        apply(&conn, &v3);
+        assert_eq!(rules_version(&conn).unwrap(), 3);
+        assert_eq!(rules(&conn).unwrap().prepaid_cap, Fen(3_000));
+        // Kept as it came, the field this build does not know included.
+        let body = kept(&conn).unwrap().1;
+        assert_eq!(body, v3.clone().unwrap().json);
+        assert!(body.contains("rule_from_a_later_build"));
+        // An older set arriving late, by either variant, does not replace it.
+        apply(&conn, &rule_set(2, true));
+        apply(&conn, &rule_set(1, false));
+        assert_eq!(rules_version(&conn).unwrap(), 3);
+        // A document that is not a rule set is never applied.
+        let garbage = RulesDocument {
+            version: 9,
+            json: "{\"version\":9}".into(),
+        };
+        project_rules_document(&conn, &garbage).unwrap();
+        assert_eq!(rules_version(&conn).unwrap(), 3);
+    }
+
+    proptest! {
+        /// Whatever the order and duplicates, every replica keeps the same row: the maximum.
+        #[test]
+        fn the_kept_rule_set_is_independent_of_arrival_order(
+            (sets, order) in proptest::collection::vec((1u32..6, any::<bool>()), 1..8)
+                .prop_flat_map(|sets| {
+                    let order: Vec<usize> = (0..sets.len()).collect();
+                    (Just(sets), Just(order).prop_shuffle())
+                }),
+        ) {
+            let sets: Vec<_> = sets.into_iter().map(|(v, as_v2)| rule_set(v, as_v2)).collect();
+            let forward = open();
+            for set in &sets {
+                apply(&forward, set);
+            }
+            // Another order, with duplicates.
+            let shuffled = open();
+            for &i in order.iter().chain(order.iter().take(2)) {
+                apply(&shuffled, &sets[i]);
+            }
+            prop_assert_eq!(kept(&forward), kept(&shuffled));
+            let highest = sets.iter().map(|s| match s {
+                Ok(d) => d.version,
+                Err(o) => o.version,
+            }).max().unwrap();
+            prop_assert_eq!(rules_version(&shuffled).unwrap(), highest);
+        }
+    }
 }
