@@ -61,6 +61,20 @@ fn seeds_376_to_500() {
     // Count cards are sold and used, also at stores apart past their uses.
     assert!(total.count_cards.bought > 0 && total.count_cards.uses > 0);
     assert!(total.count_cards.shared_uses > 0 && total.count_cards.overused_cards > 0);
+    // Stock moves every way: sales (bundle lines as their components) and their returns,
+    // receipts, damage; transfers asked for by stores and by HQ, shipped, received short and
+    // received before the shipment had reached the destination; stocktakes with adjustments,
+    // and counted SKUs that moved between their count and the finish.
+    let stock = &total.stock;
+    assert!(stock.sale_batches > 0 && stock.bundle_lines > 0 && stock.sale_returns > 0);
+    assert!(stock.receipts > 0 && stock.damages > 0);
+    assert!(stock.transfers_requested_by_stores > 0 && stock.transfers_requested_by_hq > 0);
+    assert!(stock.shipped > 0 && stock.received_short > 0);
+    assert!(stock.received_before_shipment_arrived > 0);
+    assert!(stock.stocktakes_finished > 0 && stock.adjustments > 0);
+    assert!(stock.moved_during_count > 0);
+    // Every message went through the binaries' encoding (protocol 3: compact member changes).
+    assert!(total.wire_bytes > 0 && total.compact_batches > 0);
 }
 
 #[test]

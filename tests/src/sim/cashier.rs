@@ -40,7 +40,8 @@ pub struct PendingCheckout {
     pub plan: Plan,
 }
 
-const catalogue: [(&str, &str, i64); 8] = [
+/// What the cashiers sell; `S1` is a bundle (套餐, see `stock::bundle_components`).
+const catalogue: [(&str, &str, i64); 9] = [
     ("A1", "咖啡", 1_500),
     ("A2", "面包", 800),
     ("B1", "洗发水", 4_500),
@@ -49,6 +50,7 @@ const catalogue: [(&str, &str, i64); 8] = [
     ("C2", "茶叶", 12_800),
     ("D1", "牛奶", 650),
     ("D2", "水果篮", 8_800),
+    ("S1", "早餐套餐", 2_000),
 ];
 
 const template_plain: Uuid = Uuid::from_u128(0x51);
@@ -59,14 +61,15 @@ impl World {
     /// One cashier command at `store` (the store is up).
     pub fn command(&mut self, store: usize) -> Result<(), String> {
         self.report.commands += 1;
-        match self.rng.below(100) {
+        match self.rng.below(114) {
             0..=7 => self.register(store),
             8..=11 => self.edit(store),
             12..=33 => self.recharge(store),
             34..=87 => self.checkout(store),
             88..=93 => self.count_card_command(store),
             94 => self.reverse_count_card_use(store),
-            _ => self.refund(store),
+            95..=99 => self.refund(store),
+            _ => self.stock_command(store),
         }
     }
 
@@ -635,6 +638,13 @@ impl World {
             at_ms: now,
         };
         let mut ops = vec![OpV1::Sale(sale)];
+        // As store-node: the sale's stock movements right after the sale.
+        let sold: Vec<(String, i64)> = plan
+            .lines
+            .iter()
+            .map(|line| (line.sku.clone(), line.qty))
+            .collect();
+        ops.extend(self.sale_stock_op(store, plan.checkout, &sold));
         let mut redemptions = Vec::new();
         for code in &plan.codes {
             let id = self.new_id(store);
@@ -653,6 +663,7 @@ impl World {
             }
         }
         let written = self.commit(store, ops)?;
+        self.stock_committed(store, &written)?;
         let last_seq = written.last().map(|e| e.seq).unwrap_or(0);
         self.log(|| {
             format!(
@@ -728,11 +739,13 @@ impl World {
             reason: Some("顾客退货".to_owned()),
             at_ms: now,
         })];
+        ops.extend(self.sale_return_stock_op(store, sale_id, id));
         for movement in reverse(&original) {
             let op = self.entry(store, member, movement, Some(sale_id));
             ops.push(op);
         }
-        self.commit(store, ops)?;
+        let written = self.commit(store, ops)?;
+        self.stock_committed(store, &written)?;
         self.log(|| format!("s{store}: refund {id} of sale {sale_id}"));
         self.report.refunds += 1;
         Ok(())
@@ -809,6 +822,7 @@ impl World {
             self.hub.write_hq(OpV1::AllowancePolicySet(policy))?;
         }
         self.hq_count_card_template()?;
+        self.hq_transfer()?;
         for _ in 0..self.config.coupons_per_issue {
             let code = format!("Q{:x}{:08x}", self.seed, self.rng.next_u64() as u32);
             let template = if self.rng.chance(300) {

@@ -200,12 +200,14 @@ impl World {
                 ));
             }
             for node in &self.nodes {
-                if node
-                    .replica
-                    .mem
-                    .ops
-                    .get(key)
-                    .is_none_or(|held| held != written)
+                // Stock reaches only the stores it concerns.
+                if super::stock::concerns(&node.id, written)
+                    && node
+                        .replica
+                        .mem
+                        .ops
+                        .get(key)
+                        .is_none_or(|held| held != written)
                 {
                     return Err(format!(
                         "operation {}/{} was acknowledged to a cashier but {} does not hold it \
@@ -230,11 +232,14 @@ impl World {
                     hub_digest.fingerprint()
                 ));
             }
-            if node.replica.mem.ops.len() != hub_ops.len() {
+            let concerning = hub_ops
+                .values()
+                .filter(|envelope| super::stock::concerns(&id, envelope))
+                .count();
+            if node.replica.mem.ops.len() != concerning {
                 return Err(format!(
-                    "{id} holds {} operations, the hub {}",
+                    "{id} holds {} operations, the hub {concerning} that concern it",
                     node.replica.mem.ops.len(),
-                    hub_ops.len()
                 ));
             }
             if let Some((key, _)) = node
@@ -250,6 +255,9 @@ impl World {
                 ));
             }
         }
+
+        // Stock: folds, sums, scopes, the road, and what each store holds.
+        self.check_stock(&hub_scratch)?;
 
         // The hub's totals against an independent recomputation: the entries cashiers were
         // told were written.

@@ -12,6 +12,9 @@
 //!   crash and recreated on heal. Messages take 5–80 ms and keep their order, except that
 //!   some are dropped, duplicated or held back up to 3 s (overtaken by later ones). The
 //!   machines must live with it: a protocol error ends the session and the store reconnects.
+//!   Half the sessions (chosen per session) send every message the way the binaries do:
+//!   encoded for the peer's protocol version (version 3: member changes in compact form, large
+//!   batches deflated), framed, and decoded on arrival; the others pass messages as values.
 //! - **Faults**: partitions of any store, log-uniform from 10 s to 3 h; store crashes (what
 //!   was committed survives — `MemoryStore`, the offline-spend tracker and the projection,
 //!   all in the store's SQLite in the binary — while sessions, messages in flight, open
@@ -29,6 +32,11 @@
 //!   used again at another store within 1.5 s (a shared family card, a forwarded coupon),
 //!   both cashiers taking everything on it. HQ writes coupon templates, coupons and a new
 //!   allowance policy each day through the hub's log.
+//! - **Stock** (`stock.rs`): every checkout and refund writes its stock movements (a bundle
+//!   line as its components); managers record receipts, damage and returns to suppliers, ask
+//!   for transfers (HQ too), ship them, receive them (short when units were lost on the road,
+//!   sometimes before the shipment has reached them by sync), and run stocktakes; goods also
+//!   go missing from the shelves unseen. The hub relays stock only to the stores it concerns.
 //! - **Money**: a spend is checked against the store's own replica, then — if the session is
 //!   ready — sent as `Authorize` over the session and the store waits up to HQ's
 //!   `authorization_timeout_ms` for the reply; with no link or no answer it applies
@@ -59,7 +67,16 @@
 //!   (origin, seq) order — an order unrelated to any arrival order;
 //! - every operation acknowledged to a cashier is at the hub and at every store, unchanged;
 //! - every balance and points total equals the sum of its entries (the storage's fold, the
-//!   projection's sums, and the sum of what cashiers wrote all agree).
+//!   projection's sums, and the sum of what cashiers wrote all agree);
+//! - stock (see `stock.rs`): every replica's stock equals the core's from-scratch fold of the
+//!   movements it holds, and the hub's the sum of the movements written; each store's scope
+//!   (movements, levels, its transfers, in transit, discrepancies) is the same at the store and
+//!   at the hub, and in transit and discrepancies are what happened on the road; a store holds
+//!   the stock operations that concern it and no others.
+//!
+//! At a store, after every stock movement it writes: its books minus its shelves are the units
+//! gone unseen that no finished stocktake has found (so an adjustment must be counted −
+//! expected at the moment of counting).
 //!
 //! # Known gaps the checks account for (and report)
 //! An online grant's hold can fail to last for three reasons, each counted per run in
@@ -79,8 +96,9 @@
 //! A simulated store-day is one store open for 8 virtual hours ([`store_day_ms`]).
 //!
 //! Stated simplifications: phones are never edited (merge groups only grow); tiers are not
-//! computed from 12-month spend; products are a fixed list, not replicated; HQ never resolves
-//! exceptions during a run.
+//! computed from 12-month spend; products are a fixed list, not replicated (one of them a
+//! bundle); HQ never resolves exceptions during a run; a transfer is shipped and received once,
+//! whole (no second partial shipment).
 
 mod cashier;
 mod checks;
@@ -88,6 +106,7 @@ mod count_cards;
 mod oracle;
 pub mod replica;
 pub mod rng;
+mod stock;
 mod world;
 
 use std::collections::BTreeMap;
@@ -219,6 +238,10 @@ pub struct SimReport {
     pub refused_locally: u64,
     pub checkouts_lost_in_crash: u64,
     pub messages: u64,
+    /// Bytes of the messages sent, as encoded and framed for the peer's protocol version.
+    pub wire_bytes: u64,
+    /// Batches sent in protocol 3's compact form.
+    pub compact_batches: u64,
     pub deliveries: u64,
     pub dropped: u64,
     pub duplicated: u64,
@@ -242,6 +265,8 @@ pub struct SimReport {
     pub exceptions: u64,
     /// Count cards sold, used, shared, refused, overused.
     pub count_cards: count_cards::CardReport,
+    /// Stock movements, transfers and stocktakes.
+    pub stock: stock::StockReport,
     /// Online grants whose hold did not last, by reason.
     pub unprotected: BTreeMap<&'static str, u64>,
     /// Fingerprint of the run's event sequence: equal for equal seeds.
@@ -280,6 +305,8 @@ impl SimReport {
             refused_locally,
             checkouts_lost_in_crash,
             messages,
+            wire_bytes,
+            compact_batches,
             deliveries,
             dropped,
             duplicated,
@@ -302,10 +329,12 @@ impl SimReport {
             double_redemptions,
             exceptions,
             count_cards,
+            stock,
             unprotected,
             trace,
         } = other;
         self.count_cards.add(count_cards);
+        self.stock.add(stock);
         self.seeds += seeds.max(&1);
         self.store_days += store_days;
         self.virtual_ms += virtual_ms;
@@ -336,6 +365,8 @@ impl SimReport {
             (&mut self.refused_locally, refused_locally),
             (&mut self.checkouts_lost_in_crash, checkouts_lost_in_crash),
             (&mut self.messages, messages),
+            (&mut self.wire_bytes, wire_bytes),
+            (&mut self.compact_batches, compact_batches),
             (&mut self.deliveries, deliveries),
             (&mut self.dropped, dropped),
             (&mut self.duplicated, duplicated),
@@ -407,6 +438,30 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
+            "stock: {} movements ({} sale batches, {} bundle lines, {} sale returns, {} \
+             receipts, {} damages or supplier returns); transfers: {} asked by stores, {} by \
+             HQ, {} shipped, {} received ({} short, {} before the shipment had arrived); \
+             stocktakes: {} counts, {} finished, {} counted SKUs moved during their count, {} \
+             adjustments",
+            self.stock.movements,
+            self.stock.sale_batches,
+            self.stock.bundle_lines,
+            self.stock.sale_returns,
+            self.stock.receipts,
+            self.stock.damages,
+            self.stock.transfers_requested_by_stores,
+            self.stock.transfers_requested_by_hq,
+            self.stock.shipped,
+            self.stock.received,
+            self.stock.received_short,
+            self.stock.received_before_shipment_arrived,
+            self.stock.counts,
+            self.stock.stocktakes_finished,
+            self.stock.moved_during_count,
+            self.stock.adjustments
+        )?;
+        writeln!(
+            f,
             "money: {} asked online, {} granted, {} refused by the hub (+{} coupons), {} \
              timeouts, {} cut by a lost link, {} late replies; {} offline spends, {} over the \
              offline limit, {} online-only coupons refused offline, {} refused locally, {} lost \
@@ -426,9 +481,12 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "network: {} messages ({} dropped, {} duplicated, {} held back), {} delivered, {} \
-             for dead sessions; {} sessions, {} ended by protocol errors",
+            "network: {} messages ({:.1} MB encoded and framed, {} batches compact; {} dropped, {} duplicated, {} \
+             held back), {} delivered, {} for dead sessions; {} sessions, {} ended by protocol \
+             errors",
             self.messages,
+            self.wire_bytes as f64 / 1e6,
+            self.compact_batches,
             self.dropped,
             self.duplicated,
             self.reordered,

@@ -94,6 +94,11 @@ pub struct Projection {
     pub policy: Option<AllowancePolicy>,
     /// Count cards, their uses and reversals (see `count_cards.rs`).
     pub count_cards: super::count_cards::CountCards,
+    /// Stock movements and transfers (see `stock.rs`): held only where they concern the
+    /// replica, so they are not in the [`Digest`].
+    pub stock: super::stock::Stock,
+    /// How many of the operations held are stock operations.
+    scoped: usize,
     /// Operations this replica could not project (damaged automerge changes): a failure.
     pub damaged: Vec<String>,
 }
@@ -126,6 +131,8 @@ impl Projection {
             redemptions: BTreeMap::new(),
             policy: None,
             count_cards: Default::default(),
+            stock: Default::default(),
+            scoped: 0,
             damaged: Vec::new(),
         }
     }
@@ -244,6 +251,12 @@ impl Projection {
                     touched.count_cards.insert(card);
                 }
             }
+            OpV1::StockMovements(_) | OpV1::TransferRequest(_) => {
+                self.scoped += 1;
+                if let Err(problem) = self.stock.apply(&envelope.origin, op) {
+                    self.damaged.push(problem);
+                }
+            }
             OpV1::ProductUpsert(_)
             | OpV1::RulesSet(_)
             | OpV1::RulesSetV2(_)
@@ -251,8 +264,6 @@ impl Projection {
             | OpV1::GiftUpsert(_)
             | OpV1::GiftRedeem(_)
             | OpV1::CatalogItemUpsert(_)
-            | OpV1::StockMovements(_)
-            | OpV1::TransferRequest(_)
             | OpV1::Feedback(_)
             | OpV1::CouponTransfer(_)
             | OpV1::LotteryUpsert(_)
@@ -286,6 +297,11 @@ impl Projection {
         let Some(state) = self.members.get_mut(&member) else {
             return;
         };
+        // Phones are never edited here (see the module doc of `sim`): once a member's phone is
+        // known it stays, so the document is read (slow) only until it shows one.
+        if !state.phone.is_empty() {
+            return;
+        }
         let phone = state.doc.profile().phone;
         if phone != state.phone {
             let old = std::mem::replace(&mut state.phone, phone.clone());
@@ -412,7 +428,7 @@ impl Projection {
             fold.insert(member, folded);
         }
         Digest {
-            ops: self.held.len(),
+            ops: self.held.len() - self.scoped,
             members,
             balances: self.sums.clone(),
             groups,

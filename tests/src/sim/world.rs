@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use chainsync_core::rules::Rules;
 use chainsync_core::sync::{
-    HubSession, HubSessionState, Message, StoreSession, StoreSessionState, sync_batch_ops_max,
+    HubSession, HubSessionState, Message, MessageV1, StoreSession, StoreSessionState,
+    sync_batch_ops_max,
 };
 use chainsync_core::{IdGenerator, StoreId};
 use uuid::Uuid;
@@ -138,6 +139,9 @@ pub struct Link {
     pub hub: HubSession,
     pub epoch: u64,
     latency_ms: u64,
+    /// Messages of this session go through the binaries' encoding (see [`wire`]); half the
+    /// sessions do, which keeps the run time near what it was without it.
+    wire: bool,
     /// Delivery time of the last in-order message each way (a stream is FIFO).
     last_to_hub_ms: u64,
     last_to_store_ms: u64,
@@ -183,6 +187,8 @@ pub struct World {
     hub_generation: u64,
     pub rules: Rules,
     pub oracle: Oracle,
+    /// The physical side of stock (shelves, goods on the road), see `stock.rs`.
+    pub stock: super::stock::StockWorld,
     pub report: SimReport,
     pub day: u32,
     pub business: bool,
@@ -191,6 +197,8 @@ pub struct World {
     /// Counting deliveries after heal; failing on any delivery in the quiet period.
     healing: bool,
     quiet: bool,
+    /// A message that did not survive encoding, framing and decoding (fails the run).
+    codec_failure: Option<String>,
     pub trace: u64,
 }
 
@@ -237,12 +245,14 @@ impl World {
             hub_generation: 0,
             rules: Rules::default(),
             oracle,
+            stock: Default::default(),
             report: SimReport::default(),
             day: 0,
             business: false,
             clean_network: false,
             healing: false,
             quiet: false,
+            codec_failure: None,
             trace: 0xcbf2_9ce4_8422_2325,
         })
     }
@@ -289,6 +299,9 @@ impl World {
                 }
             }
             self.heal_and_check()?;
+        }
+        if let Some(problem) = self.codec_failure.take() {
+            return Err(problem);
         }
         self.report.virtual_ms = self.now_ms - epoch_ms;
         self.report.trace = self.trace;
@@ -341,6 +354,9 @@ impl World {
     }
 
     fn dispatch(&mut self, next: Scheduled) -> Result<(), String> {
+        if let Some(problem) = self.codec_failure.take() {
+            return Err(problem);
+        }
         self.now_ms = self.now_ms.max(next.at_ms);
         let code = next.event.code();
         self.trace = mix(mix(self.trace, code), self.now_ms);
@@ -475,6 +491,7 @@ impl World {
         let latency_ms = self
             .rng
             .range(self.config.latency_min_ms, self.config.latency_max_ms);
+        let wire = self.rng.chance(500);
         let now = self.now_ms;
         let node = &mut self.nodes[store];
         node.replica.now_ms = node.physical_ms(now);
@@ -485,6 +502,7 @@ impl World {
             hub: HubSession::new(node.id.clone(), now),
             epoch,
             latency_ms,
+            wire,
             last_to_hub_ms: now,
             last_to_store_ms: now,
         });
@@ -524,19 +542,43 @@ impl World {
         Ok(())
     }
 
-    /// Move what both ends of a store's session want to send into the network.
+    /// Move what both ends of a store's session want to send into the network (through the
+    /// binaries' wire path if the session uses it, see [`wire`]).
     pub fn flush(&mut self, store: usize) {
         let mut outgoing = Vec::new();
+        let mut encoded = false;
         if let Some(link) = &mut self.nodes[store].link {
+            encoded = link.wire;
             while let Some(message) = link.store.poll_transmit() {
-                outgoing.push((true, message));
+                outgoing.push((true, message, link.store.peer_version()));
             }
             while let Some(message) = link.hub.poll_transmit() {
-                outgoing.push((false, message));
+                outgoing.push((false, message, link.hub.peer_version()));
             }
         }
-        for (to_hub, message) in outgoing {
-            self.send(store, to_hub, message);
+        for (to_hub, message, peer_version) in outgoing {
+            if !encoded {
+                self.send(store, to_hub, message);
+                continue;
+            }
+            match wire(&message, peer_version) {
+                Ok((arrives, bytes)) => {
+                    self.report.wire_bytes += bytes;
+                    if matches!(
+                        arrives,
+                        Message::V1(MessageV1::PushCompact { .. } | MessageV1::RelayCompact { .. })
+                    ) {
+                        self.report.compact_batches += 1;
+                    }
+                    self.send(store, to_hub, arrives);
+                }
+                Err(problem) => {
+                    self.codec_failure.get_or_insert(format!(
+                        "s{store}: a message {} did not survive the wire: {problem}",
+                        if to_hub { "to the hub" } else { "to the store" }
+                    ));
+                }
+            }
         }
     }
 
@@ -573,6 +615,8 @@ impl World {
             at
         };
         self.report.messages += 1;
+        // (A copy only for a duplicate: batches are large.)
+        let copy = duplicate.then(|| message.clone());
         if drop {
             self.report.dropped += 1;
         } else {
@@ -582,11 +626,11 @@ impl World {
                     store,
                     epoch,
                     to_hub,
-                    message: message.clone(),
+                    message,
                 },
             );
         }
-        if duplicate {
+        if let Some(message) = copy {
             self.report.duplicated += 1;
             self.schedule(
                 at + copy_extra,
@@ -1015,6 +1059,33 @@ impl World {
         let now = self.nodes[store].physical_ms(self.now_ms);
         self.nodes[store].ids.next(now, random)
     }
+}
+
+/// What the binaries do with a message: encode it for the peer's protocol version (from 3 on,
+/// member changes in compact form; from 2 on, large batches deflated), frame it, and decode
+/// it on arrival. Returns the message as the receiver decodes it (the compact forms are
+/// re-expanded by the receiving session against its own store, which refuses a batch that does
+/// not re-expand) and its size on the wire.
+fn wire(message: &Message, peer_version: u16) -> Result<(Message, u64), String> {
+    use chainsync_net::frame::{decode_frame_header, encode_frame_header, frame_header_bytes};
+    let bytes = message.encode_for(peer_version);
+    let header = encode_frame_header(bytes.len()).map_err(|e| e.to_string())?;
+    let length = decode_frame_header(&header).map_err(|e| e.to_string())?;
+    if length != bytes.len() {
+        return Err(format!("frame of {} bytes read as {length}", bytes.len()));
+    }
+    let decoded = Message::decode(&bytes).map_err(|e| e.to_string())?;
+    let compact = matches!(
+        decoded,
+        Message::V1(MessageV1::PushCompact { .. } | MessageV1::RelayCompact { .. })
+    );
+    if !compact && decoded != *message {
+        return Err(format!(
+            "decoded as another message (protocol {peer_version}, {} bytes)",
+            bytes.len()
+        ));
+    }
+    Ok((decoded, (bytes.len() + frame_header_bytes) as u64))
 }
 
 pub fn mix(hash: u64, value: u64) -> u64 {
