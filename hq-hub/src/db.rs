@@ -26,6 +26,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::stock::schema_v1),
         M::up(chainsync_replica::program::schema_v5),
         M::up(chainsync_replica::coupons::schema_v1),
+        M::up(hub_schema_projection),
     ])
 }
 
@@ -98,6 +99,17 @@ CREATE TABLE reservation_book (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     body TEXT NOT NULL
 );
+"#;
+
+/// How far into the relay log the deferred projection of ledger entries has come
+/// (`storage::Projection`). Everything already in the log was projected when it arrived.
+const hub_schema_projection: &str = r#"
+CREATE TABLE projection_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    projected_upto INTEGER NOT NULL
+);
+INSERT INTO projection_cursor (id, projected_upto)
+    SELECT 1, COALESCE(MAX(hub_seq), 0) FROM relay_log;
 "#;
 
 const hub_schema_v3: &str = r#"

@@ -31,6 +31,8 @@ pub struct HubState {
     /// The hub's one writer (shared with the sync sessions).
     pub writer: Arc<Mutex<rusqlite::Connection>>,
     pub log_grew: tokio::sync::watch::Sender<u64>,
+    /// Ledger entries acknowledged to stores and not projected yet (see `storage::Projection`).
+    pub projection: Arc<crate::storage::Projection>,
 }
 
 impl Caller {

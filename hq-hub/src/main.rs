@@ -321,7 +321,9 @@ fn serve(
     let quic_listen = quic_listen.unwrap_or(hub.quic_listen.clone());
     let http_listen = http_listen.unwrap_or(hub.http_listen.clone());
     let database = data_dir.join(config::database_file_name);
-    let writer = db::open_writer(&database)?;
+    let mut writer = db::open_writer(&database)?;
+    // Ledger entries acknowledged before a stop but not projected yet.
+    storage::project_all(&mut writer, now_ms())?;
     chainsync_replica::node::checkpoint_in_background(&writer, &database)?;
     let head = storage::log_head(&writer)?;
     let server_config = chainsync_net::tls::server_config(
@@ -334,6 +336,8 @@ fn serve(
     let book = storage::load_book(&writer)?;
     let (log_grew, _) = tokio::sync::watch::channel(head);
     let writer = Arc::new(Mutex::new(writer));
+    let projection = Arc::new(storage::Projection::default());
+    storage::spawn_projector(writer.clone(), projection.clone(), now_ms)?;
     let sync = SyncServer {
         database: database.clone(),
         writer: writer.clone(),
@@ -341,6 +345,7 @@ fn serve(
         online: online.clone(),
         reservations: Arc::new(Mutex::new(book)),
         queue: Arc::new(Default::default()),
+        projection: projection.clone(),
     };
     let state = HubState {
         reads,
@@ -348,6 +353,7 @@ fn serve(
         rules: Arc::new(Rules::default()),
         writer,
         log_grew,
+        projection,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

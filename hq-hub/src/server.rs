@@ -30,6 +30,7 @@ pub struct SyncServer {
     pub online: OnlineStores,
     pub reservations: Arc<Mutex<chainsync_core::allowance::ReservationBook>>,
     pub queue: Arc<crate::storage::IngestQueue>,
+    pub projection: Arc<crate::storage::Projection>,
 }
 
 /// Close codes sent to refused stores.
@@ -173,6 +174,7 @@ impl SyncServer {
             reservations: self.reservations.clone(),
             queue: self.queue.clone(),
             log_grew: self.log_grew.clone(),
+            projection: self.projection.clone(),
             now_ms,
         };
         let mut session = HubSession::new(store.clone(), now_ms());

@@ -5,13 +5,15 @@
 //! the relay log through a read-only connection of its own.
 
 use chainsync_core::allowance::{Decision, ReservationBook};
+use chainsync_core::ledger::{Account, Balances, LedgerEntry};
 use chainsync_core::op::{Envelope, Op, OpV1};
 use chainsync_core::sync::{AuthorizeDecision, AuthorizeRequest, HubSide, RelayedOp};
 use chainsync_core::{HlcTimestamp, StoreId};
 use chainsync_replica::project;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub struct SqliteHubSide {
     pub queue: Arc<IngestQueue>,
     /// Notified with the new log head after each ingest that added something.
     pub log_grew: tokio::sync::watch::Sender<u64>,
+    /// Ledger entries acknowledged but not yet projected (shared by all sessions).
+    pub projection: Arc<Projection>,
     pub now_ms: fn() -> u64,
 }
 
@@ -66,6 +70,14 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// A ledger entry whose projection is deferred: only its checkout now (its member is
+    /// refreshed when it is projected).
+    fn note_deferred(&mut self, entry: &LedgerEntry) {
+        if let Some(checkout) = entry.checkout_id {
+            self.checkouts.insert(checkout);
+        }
+    }
+
     fn note(&mut self, envelope: &Envelope) {
         match &envelope.op {
             Op::V1(OpV1::Ledger(entry)) => {
@@ -131,28 +143,57 @@ pub fn ingest_touching(
     now_ms: u64,
 ) -> Result<(u64, bool, Touched), HubStorageError> {
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let result = ingest_in(&transaction, store, ops, now_ms)?;
+    let result = ingest_in(&transaction, store, ops, now_ms, false)?;
     transaction.commit()?;
-    Ok(result)
+    Ok((result.acked, result.grew, result.touched))
 }
 
-/// Ingest one batch inside the caller's transaction.
+/// What [`ingest_in`] did.
+struct Ingested {
+    acked: u64,
+    grew: bool,
+    touched: Touched,
+    /// New ledger entries recorded but not projected (when projection is deferred).
+    deferred: Vec<LedgerEntry>,
+}
+
+/// Ingest one batch inside the caller's transaction. With `defer_ledger`, a new ledger entry
+/// is checked and recorded (operation log and relay log) but its projection is left to
+/// [`project_pending`].
 fn ingest_in(
     conn: &Connection,
     store: &StoreId,
     ops: &[Envelope],
     now_ms: u64,
-) -> Result<(u64, bool, Touched), HubStorageError> {
+    defer_ledger: bool,
+) -> Result<Ingested, HubStorageError> {
     let mut touched = Touched::default();
+    let mut deferred = Vec::new();
     let mut acked = acked_seq(conn, store)?;
     let start = acked;
     let hub = StoreId::hub();
+    let invalid = |envelope: &Envelope, e: project::ApplyError| HubStorageError::Invalid {
+        origin: envelope.origin.to_string(),
+        seq: envelope.seq,
+        reason: e.to_string(),
+    };
     for envelope in ops {
         if envelope.seq <= acked {
             continue;
         }
         if envelope.seq != acked + 1 {
             break;
+        }
+        if let (true, Op::V1(OpV1::Ledger(entry))) = (defer_ledger, &envelope.op) {
+            project::check_remote(envelope).map_err(|e| invalid(envelope, e))?;
+            if project::insert_op(conn, envelope)? {
+                deferred.push(entry.clone());
+            }
+            conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
+                .execute((envelope.origin.as_str(), envelope.seq as i64))?;
+            touched.note_deferred(entry);
+            acked += 1;
+            continue;
         }
         let before = crate::reports::index::before_apply(conn, envelope)?;
         let new =
@@ -172,7 +213,12 @@ fn ingest_in(
     touched.refresh_exceptions(conn, now_ms)?;
     conn.prepare_cached("UPDATE stores SET acked_seq = ?2, last_seen_ms = ?3 WHERE store_id = ?1")?
         .execute((store.as_str(), acked as i64, now_ms as i64))?;
-    Ok((acked, acked > start, touched))
+    Ok(Ingested {
+        acked,
+        grew: acked > start,
+        touched,
+        deferred,
+    })
 }
 
 type IngestResult = Result<(u64, bool, Touched), String>;
@@ -184,16 +230,23 @@ struct IngestJob {
 }
 
 /// Batches waiting for the writer. Whoever holds the writer lock commits every waiting batch
-/// (of any store) in one transaction, each in its own savepoint: one fsync for many stores.
+/// (of any store) in one transaction: one fsync for many stores.
 #[derive(Default)]
 pub struct IngestQueue {
     pending: Mutex<Vec<IngestJob>>,
 }
 
-/// Ingest through the queue: group-committed with the batches of other sessions.
+/// Ingest through the queue: group-committed with the batches of other sessions. With
+/// `projection`, ledger entries are acknowledged once recorded and projected later
+/// ([`Projection`]); without, everything is projected before the commit.
+///
+/// The group runs first without savepoints (the common case: every batch is fine); if one
+/// batch fails, the group is rolled back and run again with each batch in its own savepoint,
+/// so that the failing batch alone is refused.
 pub fn ingest_grouped(
     writer: &Mutex<Connection>,
     queue: &IngestQueue,
+    projection: Option<&Projection>,
     store: &StoreId,
     ops: &[Envelope],
     now_ms: u64,
@@ -219,31 +272,66 @@ pub fn ingest_grouped(
             .lock()
             .map_err(|_| HubStorageError::Poisoned)?,
     );
-    let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
-    let committed = (|| -> Result<(), HubStorageError> {
-        let mut transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let defer = projection.is_some();
+    let mut deferred: Vec<LedgerEntry> = Vec::new();
+    // Fast path: the whole group in one transaction, no savepoints.
+    let fast = (|| -> Result<Option<Vec<IngestResult>>, HubStorageError> {
+        let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let savepoint = transaction.savepoint()?;
-            match ingest_in(&savepoint, &job.store, &job.ops, now_ms) {
-                Ok(result) => {
-                    savepoint.commit()?;
-                    results.push(Ok(result));
+            match ingest_in(&transaction, &job.store, &job.ops, now_ms, defer) {
+                Ok(done) => {
+                    deferred.extend(done.deferred);
+                    results.push(Ok((done.acked, done.grew, done.touched)));
                 }
-                Err(e) => {
-                    drop(savepoint);
-                    results.push(Err(e.to_string()));
-                }
+                // Rolled back when `transaction` drops; the slow path finds which batch.
+                Err(_) => return Ok(None),
             }
         }
         transaction.commit()?;
-        Ok(())
+        Ok(Some(results))
     })();
-    if let Err(e) = committed {
-        let message = e.to_string();
-        for job in jobs {
-            let _ = job.reply.send(Err(message.clone()));
+    let committed = match fast {
+        Ok(Some(results)) => Ok(results),
+        Ok(None) => {
+            deferred.clear();
+            (|| -> Result<Vec<IngestResult>, HubStorageError> {
+                let mut transaction =
+                    conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    let savepoint = transaction.savepoint()?;
+                    match ingest_in(&savepoint, &job.store, &job.ops, now_ms, defer) {
+                        Ok(done) => {
+                            savepoint.commit()?;
+                            deferred.extend(done.deferred);
+                            results.push(Ok((done.acked, done.grew, done.touched)));
+                        }
+                        Err(e) => {
+                            drop(savepoint);
+                            results.push(Err(e.to_string()));
+                        }
+                    }
+                }
+                transaction.commit()?;
+                Ok(results)
+            })()
         }
-        return Err(e);
+        Err(e) => Err(e),
+    };
+    let results = match committed {
+        Ok(results) => results,
+        Err(e) => {
+            let message = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(message.clone()));
+            }
+            return Err(e);
+        }
+    };
+    // Counted as unprojected before the writer is free (the projector needs the writer).
+    if let Some(projection) = projection {
+        projection.recorded(&deferred)?;
     }
     for (job, result) in jobs.into_iter().zip(results) {
         let _ = job.reply.send(result);
@@ -253,6 +341,278 @@ pub fn ingest_grouped(
         .recv()
         .map_err(|_| HubStorageError::Damaged("ingest answer lost".into()))?
         .map_err(HubStorageError::Damaged)
+}
+
+/// Most operations one projection transaction handles (the writer is held that long).
+pub const projection_chunk_ops_max: usize = 2_048;
+/// Most ledger entries acknowledged but not projected before the projector stops giving way
+/// to ingest: HQ's reads (balances, exceptions, reports) lag at most that much.
+pub const projection_backlog_max: usize = 100_000;
+/// The projector projects once no batch was ingested for this long (or the backlog is full).
+pub const projection_quiet_ms: u64 = 20;
+/// How often an idle projector looks for work it was not told about.
+pub const projection_idle_check_ms: u64 = 200;
+
+/// Ledger entries acknowledged but not yet projected, by member: what the projection lacks.
+#[derive(Default, Debug)]
+pub struct Unprojected {
+    entries: HashMap<(StoreId, u64), (uuid::Uuid, Account, i64)>,
+    sums: HashMap<uuid::Uuid, Balances>,
+}
+
+impl Unprojected {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn add(&mut self, entry: &LedgerEntry) {
+        let key = (entry.origin.clone(), entry.seq);
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        self.entries
+            .insert(key, (entry.member_id, entry.account, entry.amount));
+        let sum = self.sums.entry(entry.member_id).or_default();
+        add_to(sum, entry.account, entry.amount);
+    }
+
+    fn remove(&mut self, origin: &StoreId, seq: u64) {
+        let Some((member, account, amount)) = self.entries.remove(&(origin.clone(), seq)) else {
+            return;
+        };
+        if let Some(sum) = self.sums.get_mut(&member) {
+            add_to(sum, account, amount.saturating_neg());
+            if *sum == Balances::default() {
+                self.sums.remove(&member);
+            }
+        }
+    }
+
+    /// What the unprojected entries add to these members' balances.
+    pub fn balances_of(&self, members: &[uuid::Uuid]) -> Balances {
+        let mut total = Balances::default();
+        for member in members {
+            if let Some(sum) = self.sums.get(member) {
+                add_to(&mut total, Account::Principal, sum.principal.0);
+                add_to(&mut total, Account::Bonus, sum.bonus.0);
+                add_to(&mut total, Account::Points, sum.points);
+            }
+        }
+        total
+    }
+}
+
+fn add_to(balances: &mut Balances, account: Account, amount: i64) {
+    match account {
+        Account::Principal => balances.principal.0 = balances.principal.0.saturating_add(amount),
+        Account::Bonus => balances.bonus.0 = balances.bonus.0.saturating_add(amount),
+        Account::Points => balances.points = balances.points.saturating_add(amount),
+    }
+}
+
+/// Deferred projection of ledger entries. A pushed ledger entry is acknowledged once it is
+/// durable in the operation log and the relay log (checked, like every entry); its projection
+/// (ledger row, member balance, exceptions, audit) is done by [`project_pending`], which walks
+/// the relay log from a durable cursor (`projection_cursor`), so a crash loses nothing: the
+/// hub projects what is left when it starts ([`project_all`]).
+///
+/// **Money rule**: whoever decides against balances (online authorization, HQ's manual
+/// adjustments) reads them through [`balances_with_unprojected`], the projection plus the
+/// entries acknowledged and not yet projected, under the same lock the projector holds across
+/// its commit: an entry is always counted once, never zero times.
+#[derive(Default)]
+pub struct Projection {
+    unprojected: Mutex<Unprojected>,
+    /// Batches ingested so far (the projector waits for this to stand still).
+    ingests: AtomicU64,
+    work: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Projection {
+    /// Entries just committed unprojected (called under the writer lock).
+    fn recorded(&self, entries: &[LedgerEntry]) -> Result<(), HubStorageError> {
+        self.ingests.fetch_add(1, Ordering::Relaxed);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut unprojected = self
+            .unprojected
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        for entry in entries {
+            unprojected.add(entry);
+        }
+        drop(unprojected);
+        if let Ok(mut work) = self.work.lock() {
+            *work = true;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Ledger entries acknowledged and not projected yet.
+    pub fn backlog(&self) -> usize {
+        self.unprojected.lock().map_or(0, |u| u.len())
+    }
+
+    fn wait_for_work(&self, timeout: std::time::Duration) {
+        if let Ok(work) = self.work.lock()
+            && let Ok((mut work, _)) = self.wake.wait_timeout_while(work, timeout, |w| !*w)
+        {
+            *work = false;
+        }
+    }
+}
+
+/// A member's balances (its whole group) as the acknowledged log has them: the projection
+/// plus what [`Projection`] holds unprojected for the group's members.
+pub fn balances_with_unprojected(
+    conn: &Connection,
+    projection: &Projection,
+    member: uuid::Uuid,
+) -> Result<Balances, HubStorageError> {
+    let unprojected = projection
+        .unprojected
+        .lock()
+        .map_err(|_| HubStorageError::Poisoned)?;
+    let projected = chainsync_replica::read::balances(conn, member)?.unwrap_or_default();
+    let canonical = chainsync_replica::read::canonical_member(conn, member)?.unwrap_or(member);
+    let group = chainsync_replica::read::member_group(conn, canonical)?;
+    let mut total = projected;
+    let tail = unprojected.balances_of(&group);
+    add_to(&mut total, Account::Principal, tail.principal.0);
+    add_to(&mut total, Account::Bonus, tail.bonus.0);
+    add_to(&mut total, Account::Points, tail.points);
+    Ok(total)
+}
+
+/// Project the ledger entries after the projection cursor, at most `limit` log positions, in
+/// one transaction; returns how many positions it moved past. Projecting an entry twice
+/// changes nothing (the ledger row is keyed by the entry's id), so entries projected at once
+/// (HQ's own, or by [`ingest`]) are passed over.
+pub fn project_pending(
+    conn: &mut Connection,
+    projection: Option<&Projection>,
+    limit: usize,
+    now_ms: u64,
+) -> Result<usize, HubStorageError> {
+    let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let cursor: i64 = transaction
+        .prepare_cached("SELECT projected_upto FROM projection_cursor WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
+    let rows: Vec<(i64, String, i64, String, Vec<u8>)> = transaction
+        .prepare_cached(
+            "SELECT r.hub_seq, r.origin, r.seq, o.kind, o.body
+             FROM relay_log r JOIN ops o ON o.origin = r.origin AND o.seq = r.seq
+             WHERE r.hub_seq > ?1 ORDER BY r.hub_seq LIMIT ?2",
+        )?
+        .query_map((cursor, limit.min(1 << 20) as i64), |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let Some(last) = rows.last().map(|row| row.0) else {
+        return Ok(0);
+    };
+    let mut touched = Touched::default();
+    let mut projected: Vec<(String, i64)> = Vec::new();
+    for (_, origin, seq, kind, body) in &rows {
+        if kind != "ledger" {
+            continue;
+        }
+        let Ok(Op::V1(OpV1::Ledger(entry))) = Op::decode(body) else {
+            return Err(HubStorageError::Damaged(format!(
+                "ledger operation {origin}/{seq} does not decode"
+            )));
+        };
+        if project::project_ledger_new(&transaction, &entry)? {
+            crate::audit::record_store_adjustment(&transaction, &entry)?;
+            touched.members.insert(entry.member_id);
+        }
+        projected.push((origin.clone(), *seq));
+    }
+    touched.refresh_exceptions(&transaction, now_ms)?;
+    transaction
+        .prepare_cached("UPDATE projection_cursor SET projected_upto = ?1 WHERE id = 1")?
+        .execute([last])?;
+    // Held across the commit: a decision sees an entry either projected or unprojected.
+    let mut unprojected = match projection {
+        Some(projection) => Some(
+            projection
+                .unprojected
+                .lock()
+                .map_err(|_| HubStorageError::Poisoned)?,
+        ),
+        None => None,
+    };
+    transaction.commit()?;
+    if let Some(unprojected) = unprojected.as_mut() {
+        for (origin, seq) in projected {
+            if let Ok(origin) = StoreId::parse(&origin) {
+                unprojected.remove(&origin, seq.max(0) as u64);
+            }
+        }
+    }
+    Ok(rows.len())
+}
+
+/// Project everything left (a starting hub, before it serves).
+pub fn project_all(conn: &mut Connection, now_ms: u64) -> Result<(), HubStorageError> {
+    while project_pending(conn, None, projection_chunk_ops_max, now_ms)? > 0 {}
+    Ok(())
+}
+
+/// Start the projector thread: it projects in chunks once ingest has paused for
+/// [`projection_quiet_ms`] (acknowledgements go first), and without waiting once
+/// [`projection_backlog_max`] entries are unprojected.
+pub fn spawn_projector(
+    writer: Arc<Mutex<Connection>>,
+    projection: Arc<Projection>,
+    now_ms: fn() -> u64,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("projector".into())
+        .spawn(move || {
+            let quiet = std::time::Duration::from_millis(projection_quiet_ms);
+            loop {
+                projection
+                    .wait_for_work(std::time::Duration::from_millis(projection_idle_check_ms));
+                loop {
+                    let seen = projection.ingests.load(Ordering::Relaxed);
+                    if projection.backlog() < projection_backlog_max {
+                        std::thread::sleep(quiet);
+                        if projection.ingests.load(Ordering::Relaxed) != seen {
+                            continue;
+                        }
+                    }
+                    let Ok(mut conn) = writer.lock() else { return };
+                    match project_pending(
+                        &mut conn,
+                        Some(&projection),
+                        projection_chunk_ops_max,
+                        now_ms(),
+                    ) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "projection failed; retrying later");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// Write an operation authored by HQ itself (origin `hq`): recorded, projected and put in
@@ -382,8 +742,14 @@ impl HubSide for SqliteHubSide {
     }
 
     fn ingest(&mut self, store: &StoreId, ops: &[Envelope]) -> Result<u64, HubStorageError> {
-        let (acked, grew, touched) =
-            ingest_grouped(&self.writer, &self.queue, store, ops, (self.now_ms)())?;
+        let (acked, grew, touched) = ingest_grouped(
+            &self.writer,
+            &self.queue,
+            Some(&self.projection),
+            store,
+            ops,
+            (self.now_ms)(),
+        )?;
         if grew {
             self.log_grew.send_replace(log_head(&self.reader)?);
         }
@@ -605,7 +971,8 @@ impl SqliteHubSide {
         if request.spend.is_empty() {
             return Ok(AuthorizeDecision::Granted);
         }
-        let balances = chainsync_replica::read::balances(&self.reader, member)?.unwrap_or_default();
+        // The projection plus what is acknowledged and not projected yet.
+        let balances = balances_with_unprojected(&self.reader, &self.projection, member)?;
         let canonical =
             chainsync_replica::read::canonical_member(&self.reader, member)?.unwrap_or(member);
         Ok(

@@ -639,6 +639,7 @@ fn start(data_now: i64) -> (Hub, Data) {
         rules: Arc::new(Rules::default()),
         writer: Arc::new(Mutex::new(conn)),
         log_grew,
+        projection: Arc::new(Default::default()),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

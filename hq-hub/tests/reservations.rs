@@ -28,6 +28,7 @@ fn hub_side(path: &Path, writer: &Arc<Mutex<rusqlite::Connection>>) -> SqliteHub
         reservations: Arc::new(Mutex::new(book)),
         queue: Arc::new(Default::default()),
         log_grew: tokio::sync::watch::channel(0).0,
+        projection: Arc::new(Default::default()),
         now_ms: now,
     }
 }

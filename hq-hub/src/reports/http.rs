@@ -233,6 +233,7 @@ pub async fn adjust(
         return Err(invalid("reason must be 1 to 200 characters".into()));
     }
     let writer = hub.writer.clone();
+    let projection = hub.projection.clone();
     let user = caller.user.clone();
     let amount = request.amount;
     let account_name = request.account.clone();
@@ -242,7 +243,9 @@ pub async fn adjust(
             .map_err(|_| ApiError::internal("writer lock"))?;
         let member_id = chainsync_replica::read::canonical_member(&conn, id)?
             .ok_or_else(ApiError::unknown_member)?;
-        let balances = chainsync_replica::read::balances(&conn, member_id)?.unwrap_or_default();
+        // Counting what stores pushed and the hub has not projected yet.
+        let balances = crate::storage::balances_with_unprojected(&conn, &projection, member_id)
+            .map_err(ApiError::internal)?;
         let after = match account {
             Account::Points => balances.points.checked_add(amount),
             _ => balances.principal.0.checked_add(amount),
@@ -307,11 +310,14 @@ pub async fn adjust(
     .await
     .map_err(ApiError::internal)??;
     hub.log_grew.send_replace(head);
+    let projection = hub.projection.clone();
     let balances = hub
         .reads
-        .run(move |conn| Ok(chainsync_replica::read::balances(conn, member_id)?))
-        .await?
-        .unwrap_or_default();
+        .run(move |conn| {
+            crate::storage::balances_with_unprojected(conn, &projection, member_id)
+                .map_err(ApiError::internal)
+        })
+        .await?;
     let view = AdjustmentView {
         entry_id,
         member_id,

@@ -146,6 +146,12 @@ pub fn account_name(account: Account) -> &'static str {
 /// replaces the held one only if it was written first by (HLC, origin, seq), so every replica
 /// keeps the same one whatever the arrival order (`LedgerEntry::wins_over`).
 pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<()> {
+    project_ledger_new(conn, entry).map(|_| ())
+}
+
+/// [`project_ledger`], saying whether the projection changed (the entry was new, or it
+/// replaced a held entry with the same id); projecting the same entry again says `false`.
+pub fn project_ledger_new(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<bool> {
     let held: Option<(String, i64, i64, String, i64)> = conn
         .prepare_cached(
             "SELECT member_id, hlc_wall_ms, hlc_counter, origin, seq FROM ledger WHERE id = ?1",
@@ -168,7 +174,7 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
             entry.seq as i64,
         );
         if incoming >= (wall_ms, counter, origin.as_str(), seq) {
-            return Ok(());
+            return Ok(false);
         }
         conn.prepare_cached(
             "UPDATE ledger SET member_id = ?2, origin = ?3, seq = ?4, hlc_wall_ms = ?5,
@@ -193,7 +199,8 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
         if let Ok(held_member) = Uuid::parse_str(&held_member) {
             refold_balances(conn, held_member)?;
         }
-        return refold_balances(conn, entry.member_id);
+        refold_balances(conn, entry.member_id)?;
+        return Ok(true);
     }
     conn.prepare_cached(
         "INSERT INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
@@ -221,7 +228,7 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
     };
     conn.prepare_cached(update)?
         .execute(params![entry.amount, entry.member_id.to_string()])?;
-    Ok(())
+    Ok(true)
 }
 
 pub fn project_sale(
@@ -310,6 +317,17 @@ pub fn apply_remote(
     local: &StoreId,
     envelope: &Envelope,
 ) -> Result<bool, ApplyError> {
+    check_remote(envelope)?;
+    if !insert_op(conn, envelope)? {
+        return Ok(false);
+    }
+    project_recorded(conn, local, envelope)?;
+    Ok(true)
+}
+
+/// The checks [`apply_remote`] makes before recording an operation from another replica
+/// (shape, and an author allowed to write it); no database access.
+pub fn check_remote(envelope: &Envelope) -> Result<(), ApplyError> {
     if let Op::V1(OpV1::Ledger(entry)) = &envelope.op {
         entry.validate()?;
         if entry.origin != envelope.origin || entry.seq != envelope.seq {
@@ -340,9 +358,15 @@ pub fn apply_remote(
         }
         _ => {}
     }
-    if !insert_op(conn, envelope)? {
-        return Ok(false);
-    }
+    Ok(())
+}
+
+/// Project an operation [`insert_op`] has just recorded for the first time.
+pub fn project_recorded(
+    conn: &Connection,
+    local: &StoreId,
+    envelope: &Envelope,
+) -> Result<(), ApplyError> {
     match &envelope.op {
         Op::V1(OpV1::MemberChange { member_id, change }) => {
             let saved: Option<Vec<u8>> = conn
@@ -432,7 +456,7 @@ pub fn apply_remote(
             crate::coupons::project_draw(conn, draw, &envelope.origin)?
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Every automerge change held for a member, in any order.

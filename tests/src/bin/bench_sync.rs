@@ -90,7 +90,7 @@ fn serve(bin: &Path, args: &[&str], prefix: &str) -> Result<(Process, String)> {
 }
 
 struct HubUnderTest {
-    _process: Process,
+    process: Process,
     dir: PathBuf,
     quic: SocketAddr,
     http: String,
@@ -136,7 +136,7 @@ fn start_hub(bin: &Path, dir: &Path) -> Result<HubUnderTest> {
     )?;
     // The http line follows the quic one; the address is not needed beyond the token here.
     Ok(HubUnderTest {
-        _process: process,
+        process,
         dir: data,
         quic,
         http: String::new(),
@@ -292,7 +292,29 @@ async fn push_all(
     Ok(elapsed)
 }
 
-fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<(f64, Duration)> {
+/// CPU seconds (user, system) a process has used so far, all its threads (Linux `/proc`).
+fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks (100 per second).
+    let ticks = |n: usize| fields.get(n)?.parse::<f64>().ok().map(|t| t / 100.0);
+    Some((ticks(11)?, ticks(12)?))
+}
+
+/// What one ingest run measured.
+struct IngestFigures {
+    rate: f64,
+    elapsed: Duration,
+    /// CPU seconds (user + system) of the hub process during the timed part.
+    hub_cpu: f64,
+    /// CPU seconds of this process (the 50 clients) during the timed part.
+    clients_cpu: f64,
+    /// Time from the start until every entry was projected, and the hub's CPU seconds by then.
+    projected: Option<(Duration, f64)>,
+}
+
+fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<IngestFigures> {
     let dir = tempfile::tempdir()?;
     let hub = start_hub(hub_bin, dir.path())?;
     let mut work = Vec::new();
@@ -312,6 +334,9 @@ fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<(f64, Duration)
         hub.quic,
         registering_store(&registrar_id, members_registered)?,
     ))?;
+    let hub_pid = hub.process.0.id().to_string();
+    let cpu = |pid: &str| cpu_seconds(pid).map_or(0.0, |(user, system)| user + system);
+    let (hub_before, clients_before) = (cpu(&hub_pid), cpu("self"));
     let started = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = work
@@ -324,12 +349,147 @@ fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<(f64, Duration)
         anyhow::Ok(())
     })?;
     let elapsed = started.elapsed();
+    let (hub_after, clients_after) = (cpu(&hub_pid), cpu("self"));
+    let projected = projection_caught_up(&hub.dir.join("hub.db"), started)?
+        .map(|at| (at, cpu(&hub_pid) - hub_before));
     let _ = &hub.http;
     let _ = &hub.token;
-    Ok((
-        (stores as u64 * entries) as f64 / elapsed.as_secs_f64(),
+    Ok(IngestFigures {
+        rate: (stores as u64 * entries) as f64 / elapsed.as_secs_f64(),
         elapsed,
-    ))
+        hub_cpu: hub_after - hub_before,
+        clients_cpu: clients_after - clients_before,
+        projected,
+    })
+}
+
+/// Wait until the hub's deferred projection has reached its log head (read from its database
+/// file, polled every 5 ms); the time since `started`. `None` for a hub without one.
+fn projection_caught_up(database: &Path, started: Instant) -> Result<Option<Duration>> {
+    let conn = rusqlite::Connection::open_with_flags(
+        database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let has_cursor: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'projection_cursor'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_cursor {
+        return Ok(None);
+    }
+    loop {
+        let (cursor, head): (i64, i64) = conn.query_row(
+            "SELECT (SELECT projected_upto FROM projection_cursor),
+                    (SELECT COALESCE(MAX(hub_seq), 0) FROM relay_log)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        if cursor >= head {
+            return Ok(Some(started.elapsed()));
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("projection did not catch up");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The hub's write path alone, no network: a hub database (the hub's own migrations), the
+/// 10,000 members registered, then `stores` threads, one per store, each ingesting its entries
+/// in batches of 256 through the same group-committing queue the sync sessions use
+/// (`storage::ingest_grouped`), waiting for each batch to be committed before the next.
+fn ingest_writer_only(stores: usize, entries: u64) -> Result<IngestFigures> {
+    use chainsync_core::sync::StoreSide;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hub.db");
+    let writer = hq_hub::db::open_writer(&path)?;
+    chainsync_replica::node::checkpoint_in_background(&writer, &path)?;
+    let writer = Arc::new(Mutex::new(writer));
+    let queue = Arc::new(hq_hub::storage::IngestQueue::default());
+    let projection = Arc::new(hq_hub::storage::Projection::default());
+    hq_hub::storage::spawn_projector(writer.clone(), projection.clone(), || 1)?;
+    let add_store = |id: &str| -> Result<()> {
+        let conn = writer.lock().map_err(|_| anyhow!("poisoned"))?;
+        conn.execute(
+            "INSERT INTO stores (store_id, name, region, enrolled_ms) VALUES (?1, ?1, 'bench', 0)",
+            [id],
+        )?;
+        Ok(())
+    };
+    let registrar = StoreId::parse("members")?;
+    add_store(registrar.as_str())?;
+    let members = registering_store(&registrar, members_registered)?;
+    let mut after = 0;
+    loop {
+        let ops = members
+            .own_ops_after(after, sync_batch_ops_max)
+            .map_err(|e| anyhow!("{e}"))?;
+        let Some(last) = ops.last() else { break };
+        after = last.seq;
+        hq_hub::storage::ingest_grouped(&writer, &queue, None, &registrar, &ops, 1)?;
+    }
+    let mut work = Vec::new();
+    for n in 0..stores {
+        let id = StoreId::parse(&format!("b{n}"))?;
+        add_store(id.as_str())?;
+        let store = filled_store(&id, entries);
+        let batches: Vec<Vec<Envelope>> = (0..entries)
+            .step_by(sync_batch_ops_max)
+            .map(|after| store.own_ops_after(after, sync_batch_ops_max))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!("{e}"))?;
+        work.push((id, batches));
+    }
+    let cpu = || cpu_seconds("self").map_or(0.0, |(user, system)| user + system);
+    let before = cpu();
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = work
+            .iter()
+            .map(|(id, batches)| {
+                let (writer, queue, projection) =
+                    (writer.clone(), queue.clone(), projection.clone());
+                scope.spawn(move || -> Result<()> {
+                    for batch in batches {
+                        hq_hub::storage::ingest_grouped(
+                            &writer,
+                            &queue,
+                            Some(&projection),
+                            id,
+                            batch,
+                            1,
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow!("ingest thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    let acked_cpu = cpu() - before;
+    while projection.backlog() > 0 {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("projection did not catch up");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let projected = started.elapsed();
+    let total = (stores as u64 * entries) as f64;
+    Ok(IngestFigures {
+        rate: total / elapsed.as_secs_f64(),
+        elapsed,
+        hub_cpu: acked_cpu,
+        clients_cpu: 0.0,
+        projected: Some((projected, cpu() - before)),
+    })
 }
 
 /// A fresh store-node enrolled on a hub that holds `count` entries: time until it has applied
@@ -631,7 +791,7 @@ fn main() -> Result<()> {
         match arg.as_str() {
             "--stores" => stores = args.next().context("--stores N")?.parse()?,
             "--entries" => entries = args.next().context("--entries N")?.parse()?,
-            "--only" => only = Some(args.next().context("--only ingest|catchup|edits")?),
+            "--only" => only = Some(args.next().context("--only ingest|writer|catchup|edits")?),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -640,13 +800,32 @@ fn main() -> Result<()> {
         // Needs no server binaries.
         return edits();
     }
+    if wanted("writer") && only.is_some() {
+        let figures = ingest_writer_only(stores, entries)?;
+        println!(
+            "| hub write path alone (no network), {stores} threads × {entries} entries | {:.0} entries/s ({:.2} s); CPU {:.2} s ({:.1} µs/entry) |",
+            figures.rate,
+            figures.elapsed.as_secs_f64(),
+            figures.hub_cpu,
+            figures.hub_cpu / (stores as u64 * entries) as f64 * 1e6,
+        );
+        print_projected(&figures, (stores as u64 * entries) as f64);
+        return Ok(());
+    }
     let (hub_bin, store_bin) = binaries()?;
     if wanted("ingest") {
-        let (rate, elapsed) = ingest(&hub_bin, stores, entries)?;
+        let figures = ingest(&hub_bin, stores, entries)?;
+        let total = (stores as u64 * entries) as f64;
         println!(
-            "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {rate:.0} entries/s ({:.2} s) |",
-            elapsed.as_secs_f64()
+            "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {:.0} entries/s ({:.2} s); CPU: hub {:.2} s ({:.1} µs/entry), clients {:.2} s ({:.1} µs/entry) |",
+            figures.rate,
+            figures.elapsed.as_secs_f64(),
+            figures.hub_cpu,
+            figures.hub_cpu / total * 1e6,
+            figures.clients_cpu,
+            figures.clients_cpu / total * 1e6,
         );
+        print_projected(&figures, total);
     }
     if wanted("catchup") {
         catch_up(&hub_bin, &store_bin)?;
@@ -657,8 +836,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn print_projected(figures: &IngestFigures, total: f64) {
+    if let Some((at, cpu)) = figures.projected {
+        println!(
+            "| same, until every entry is also projected (balances, exceptions) | {:.0} entries/s ({:.2} s); hub CPU by then {:.2} s ({:.1} µs/entry) |",
+            total / at.as_secs_f64(),
+            at.as_secs_f64(),
+            cpu,
+            cpu / total * 1e6
+        );
+    }
+}
+
 fn catch_up(hub_bin: &Path, store_bin: &Path) -> Result<()> {
-    let (_, push) = ingest(hub_bin, 1, 10_000)?;
+    let push = ingest(hub_bin, 1, 10_000)?.elapsed;
     println!(
         "| store with 10,000 waiting entries pushes them all (acknowledged durable) | {:.2} s |",
         push.as_secs_f64()
