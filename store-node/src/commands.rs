@@ -143,6 +143,22 @@ impl Local {
         reason: Option<String>,
     ) -> Result<LedgerEntry, ApiError> {
         let id = self.new_id(now_ms)?;
+        self.emit_entry_with_id(conn, now_ms, id, member_id, movement, checkout_id, reason)
+    }
+
+    /// [`Local::emit_entry`] with a given id (a derived one, for once-only entries that two
+    /// stores may decide while apart: see `chainsync_core::id::derived_id`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn emit_entry_with_id(
+        &mut self,
+        conn: &Connection,
+        now_ms: u64,
+        id: Uuid,
+        member_id: Uuid,
+        movement: Movement,
+        checkout_id: Option<Uuid>,
+        reason: Option<String>,
+    ) -> Result<LedgerEntry, ApiError> {
         let (seq, hlc) = self.stamp(now_ms)?;
         let entry = LedgerEntry {
             id,
@@ -250,6 +266,10 @@ pub fn register_member(
     if phone_taken(conn, &phone, None)? {
         return Err(duplicate_phone());
     }
+    let referrer = match clean_optional(request.referrer) {
+        Some(text) => Some(crate::engagement::find_referrer(conn, &text)?),
+        None => None,
+    };
     let card_no = match clean_optional(request.card_no) {
         Some(card_no) => {
             validate_card_no(&card_no)?;
@@ -285,6 +305,9 @@ pub fn register_member(
     let origin = envelope.origin.clone();
     project::project_member(conn, member_id, &mut doc, &origin, envelope.hlc.wall_ms)?;
     crate::program::signup_gifts(conn, local, member_id, now_ms)?;
+    if let Some(referrer) = referrer {
+        crate::engagement::record_referral(conn, local, member_id, referrer, now_ms)?;
+    }
     let view = member_view(conn, local, member_id, now_ms)?;
     crate::outbox::enqueue(
         conn,
@@ -727,6 +750,9 @@ pub fn checkout_as(
         }
         None => Vec::new(),
     };
+    if let Some(member_id) = member_id {
+        crate::engagement::referral_on_purchase(conn, local, member_id, quote.total, now_ms)?;
+    }
     let mut view: CheckoutView = read::sale_view(local.store.as_str(), &sale, false);
     view.stock_below_zero = stock_below_zero;
     if let Some(member_id) = member_id {

@@ -10,6 +10,7 @@
 use chainsync_core::checkout::Movement;
 use chainsync_core::engagement as rules;
 use chainsync_core::ledger::{Account, EntryKind};
+use chainsync_core::op::OpV1;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -131,6 +132,117 @@ pub fn check_in(
         now_ms,
     )?;
     Reply::new(201, &view)
+}
+
+/// The member a registration names as referrer: a member id, phone or card number (the
+/// canonical member of its group). Unknown: 422 `unknown_referrer`.
+pub fn find_referrer(conn: &Connection, text: &str) -> Result<Uuid, ApiError> {
+    let text = text.trim();
+    let mut found = match Uuid::parse_str(text) {
+        Ok(id) => read::canonical_member(conn, id)?,
+        Err(_) => None,
+    };
+    let by = |column: &str, value: &str| -> rusqlite::Result<Option<Uuid>> {
+        let sql = format!(
+            "SELECT COALESCE(merged_into, id) FROM members WHERE {column} = ?1 ORDER BY id LIMIT 1"
+        );
+        let id: Option<String> = conn.query_row(&sql, [value], |row| row.get(0)).optional()?;
+        Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
+    };
+    if found.is_none()
+        && let Ok(phone) = chainsync_core::member::normalize_phone(text)
+    {
+        found = by("phone", &phone)?;
+    }
+    if found.is_none() && !text.is_empty() && text.chars().count() <= 64 {
+        found = by("card_no", text)?;
+    }
+    found.ok_or_else(|| {
+        ApiError::new(
+            422,
+            "unknown_referrer",
+            "referrer: no member with this id, phone or card number is known at this store",
+        )
+    })
+}
+
+/// Record that `referee` (just registered here) was referred by `referrer`
+/// (an `OpV1::Referral`, replicated like any other operation).
+pub fn record_referral(
+    conn: &Connection,
+    local: &mut Local,
+    referee: Uuid,
+    referrer: Uuid,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    chainsync_core::referral::check(referee, referrer)
+        .map_err(|e| ApiError::new(422, "unknown_referrer", e.to_string()))?;
+    let referral = chainsync_core::referral::Referral {
+        referee,
+        referrer,
+        at_ms: now_ms,
+    };
+    let envelope = local.emit(conn, now_ms, OpV1::Referral(referral.clone()))?;
+    chainsync_replica::engagement::project_referral(conn, &referral, &envelope.origin)?;
+    Ok(())
+}
+
+/// The referral reward of the rules in force.
+fn referral_reward(local: &Local) -> chainsync_core::referral::ReferralReward {
+    let _ = &local.rules;
+    chainsync_core::referral::ReferralReward::default()
+}
+
+/// After a checkout of `member_id` (canonical): if the member's group was referred and the
+/// reward is not held yet, write it (both parties), with ids derived from the referee's phone,
+/// so a second store doing the same while apart writes the same entries (kept once).
+pub fn referral_on_purchase(
+    conn: &Connection,
+    local: &mut Local,
+    member_id: Uuid,
+    total: chainsync_core::Fen,
+    now_ms: u64,
+) -> Result<(), ApiError> {
+    use chainsync_replica::engagement as replica;
+    let Some(referral) = replica::group_referral(conn, member_id)? else {
+        return Ok(());
+    };
+    let phone: Option<String> = conn
+        .query_row(
+            "SELECT phone FROM members WHERE id = ?1",
+            [member_id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(phone) = phone else {
+        return Ok(());
+    };
+    if !chainsync_core::referral::reward_due(true, replica::rewarded(conn, &phone)?, total) {
+        return Ok(());
+    }
+    let referrer = read::canonical_member(conn, referral.referrer)?.unwrap_or(referral.referrer);
+    let reward = referral_reward(local);
+    for entry in chainsync_core::referral::reward_entries(&reward, &phone) {
+        let (to, reason) = match entry.party {
+            chainsync_core::referral::Party::Referrer => {
+                (referrer, format!("referral reward: referred {member_id}"))
+            }
+            chainsync_core::referral::Party::Referee => (
+                member_id,
+                format!("referral reward: referred by {referrer}"),
+            ),
+        };
+        local.emit_entry_with_id(
+            conn,
+            now_ms,
+            chainsync_core::id::derived_id(&entry.key),
+            to,
+            entry.movement,
+            None,
+            Some(reason),
+        )?;
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/engagement/run`

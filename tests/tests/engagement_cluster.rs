@@ -1,11 +1,15 @@
 //! Issue 5 engagement across stores, over HTTP with real binaries: the check-in streak reward
 //! reached day by day (the cluster follows one test clock, `CHAINSYNC_TEST_CLOCK_FILE`), with
-//! the 7th day at a store cut off from the hub, converging after sync.
+//! the 7th day at a store cut off from the hub; referral rewards (老带新) exactly once when the
+//! referee's first purchases happen at two stores apart (also for a referee registered twice);
+//! all converging after sync.
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tests::multi::{Hub, Store, TestClock, UdpRelay, converged, point_bundle_at, wait_until};
+use tests::multi::{
+    Hub, Store, TestClock, UdpRelay, balances_match_ledgers, converged, point_bundle_at, wait_until,
+};
 
 const bounded: Duration = Duration::from_secs(60);
 const day_ms: i64 = 86_400_000;
@@ -104,5 +108,160 @@ fn the_check_in_streak_reward_is_reached_day_by_day_also_offline() -> Result<()>
     assert_eq!(eighth["points"], 180);
     wait_until("converged again", bounded, || converged(&hub, &[&a, &b]))?;
     assert_eq!(points(&a.api, &a.manager, &id)?, 180);
+    Ok(())
+}
+
+fn member_record(api: &tests::Api, token: &str, member: &str) -> Result<Value> {
+    let (status, body) = api.get(&format!("/api/v1/members/{member}"), Some(token))?;
+    anyhow::ensure!(status == 200, "member {member}: {status} {body}");
+    Ok(body)
+}
+
+fn referral_entries(api: &tests::Api, token: &str, member: &str) -> Result<usize> {
+    Ok(ledger_reasons(api, token, member)?
+        .iter()
+        .filter(|r| r.starts_with("referral reward"))
+        .count())
+}
+
+/// A referee whose first purchases happen at two stores at once, one of them cut off from the
+/// hub, earns the referral reward once (both stores write entries with the same derived ids;
+/// the ledger keeps one of each), and so does a referee registered at both stores while apart
+/// (merged by phone). Unknown referrers are refused with nothing written; the records show who
+/// referred whom, rewarded or pending, at every replica.
+#[test]
+fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(dir.path())?;
+    let a = Store::start("ra", dir.path(), &hub.enroll("ra", dir.path())?)?;
+    let relay = UdpRelay::start(hub.quic)?;
+    let bundle_b = hub.enroll("rb", dir.path())?;
+    point_bundle_at(&bundle_b, relay.address)?;
+    let b = Store::start("rb", dir.path(), &bundle_b)?;
+    let id_of = |v: &Value| -> Result<String> { Ok(v["id"].as_str().context("id")?.to_owned()) };
+
+    let referrer = a.ok(
+        "/api/v1/members",
+        &json!({"name": "老会员", "phone": "13900008201"}),
+    )?;
+    let r = id_of(&referrer)?;
+    let card_no = referrer["card_no"].as_str().context("card_no")?.to_owned();
+    // Unknown referrers: 422, and nothing is written (the phone is still free).
+    for unknown in [
+        "13900008299",
+        "nobody",
+        "01890a5d-ac96-774b-bcce-b302099a8057",
+    ] {
+        let (status, body) = a.post(
+            "/api/v1/members",
+            &json!({"name": "新人", "phone": "13900008202", "referrer": unknown}),
+        )?;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("unknown_referrer")),
+            "{unknown}: {body}"
+        );
+    }
+    let (_, found) = a.get("/api/v1/members?phone=13900008202")?;
+    assert_eq!(
+        found["members"].as_array().map(Vec::len),
+        Some(0),
+        "{found}"
+    );
+    // Referred by card number, by phone, by id.
+    let e = id_of(&a.ok(
+        "/api/v1/members",
+        &json!({"name": "新人", "phone": "13900008202", "referrer": card_no}),
+    )?)?;
+    let f = id_of(&a.ok(
+        "/api/v1/members",
+        &json!({"name": "观望", "phone": "13900008203", "referrer": "139 0000 8201"}),
+    )?)?;
+    a.ok(
+        "/api/v1/products",
+        &json!({"sku": "TEA", "name": "茶", "price_fen": 1_500}),
+    )?;
+    wait_until("b has the members and the product", bounded, || {
+        Ok(b.get(&format!("/api/v1/members/{f}"))?.0 == 200
+            && b.get("/api/v1/products/TEA")?.0 == 200)
+    })?;
+    let pending = member_record(&b.api, &b.manager, &e)?;
+    assert_eq!(pending["referred_by"]["referrer_id"], json!(r), "{pending}");
+    assert_eq!(pending["referred_by"]["status"], "pending", "{pending}");
+
+    relay.cut();
+    wait_until("b offline", bounded, || {
+        Ok(b.sync_status()?["link"] != "online")
+    })?;
+    let buy = |store: &Store, member: &str| -> Result<Value> {
+        store.ok(
+            "/api/v1/checkouts",
+            &json!({"member_id": member, "lines": [{"sku": "TEA", "qty": 1}],
+                    "payments": [{"method": "cash", "amount_fen": 1_500}]}),
+        )
+    };
+    // The referee's first purchase at both stores at once.
+    let at_a = buy(&a, &e)?;
+    let at_b = buy(&b, &e)?;
+    assert_eq!(at_a["points"], 215, "{at_a}");
+    assert_eq!(at_b["points"], 215, "{at_b}");
+    assert_eq!(referral_entries(&a.api, &a.manager, &r)?, 1);
+    assert_eq!(referral_entries(&b.api, &b.manager, &r)?, 1);
+    // The same person registered at both stores while apart, each naming the referrer.
+    let p_a = id_of(&a.ok(
+        "/api/v1/members",
+        &json!({"name": "双开", "phone": "13900008204", "referrer": r}),
+    )?)?;
+    let p_b = id_of(&b.ok(
+        "/api/v1/members",
+        &json!({"name": "双开", "phone": "13900008204", "referrer": r}),
+    )?)?;
+    buy(&a, &p_a)?;
+    buy(&b, &p_b)?;
+
+    relay.restore();
+    wait_until("converged", bounded, || converged(&hub, &[&a, &b]))?;
+    let p = std::cmp::min(p_a, p_b);
+    for (name, api, token) in [
+        ("hub", &hub.api, &hub.token),
+        ("a", &a.api, &a.manager),
+        ("b", &b.api, &b.manager),
+    ] {
+        // Two referees rewarded, 200 points each for the referrer; one reward per referee.
+        assert_eq!(points(api, token, &r)?, 400, "{name}");
+        assert_eq!(referral_entries(api, token, &r)?, 2, "{name}");
+        assert_eq!(points(api, token, &e)?, 230, "{name}");
+        assert_eq!(referral_entries(api, token, &e)?, 1, "{name}");
+        assert_eq!(points(api, token, &p)?, 230, "{name}");
+        assert_eq!(referral_entries(api, token, &p)?, 1, "{name}");
+        balances_match_ledgers(api, token)?;
+        let record = member_record(api, token, &e)?;
+        assert_eq!(
+            record["referred_by"]["referrer_id"],
+            json!(r),
+            "{name} {record}"
+        );
+        assert_eq!(
+            record["referred_by"]["status"], "rewarded",
+            "{name} {record}"
+        );
+        let record = member_record(api, token, &r)?;
+        let referrals = record["referrals"].as_array().context("referrals")?;
+        let status_of = |id: &str| {
+            referrals
+                .iter()
+                .find(|x| x["referee_id"] == json!(id))
+                .map(|x| x["status"].clone())
+        };
+        assert_eq!(referrals.len(), 3, "{name} {record}");
+        assert_eq!(status_of(&e), Some(json!("rewarded")), "{name}");
+        assert_eq!(status_of(&p), Some(json!("rewarded")), "{name}");
+        assert_eq!(status_of(&f), Some(json!("pending")), "{name}");
+    }
+    // A second purchase rewards nothing more.
+    let again = buy(&b, &e)?;
+    assert_eq!(again["points"], 245, "{again}");
+    wait_until("converged again", bounded, || converged(&hub, &[&a, &b]))?;
+    assert_eq!(points(&hub.api, &hub.token, &r)?, 400);
     Ok(())
 }

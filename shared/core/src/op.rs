@@ -89,6 +89,8 @@ pub enum OpV1 {
     /// without a new variant (`crate::rules` says how); the highest version wins over both
     /// variants. The hub authors this one.
     RulesSetV2(crate::rules::RulesDocument),
+    /// A member registered naming a referrer (老带新); written once, by the registering store.
+    Referral(crate::referral::Referral),
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -223,6 +225,7 @@ impl Op {
             Op::V1(OpV1::LotteryUpsert(_)) => "lottery",
             Op::V1(OpV1::LotteryDraw(_)) => "lottery_draw",
             Op::V1(OpV1::RulesSetV2(_)) => "rules_set_v2",
+            Op::V1(OpV1::Referral(_)) => "referral",
         }
     }
 

@@ -6,7 +6,8 @@
 //! Every ledger entry, coupon templates, coupons, their redemptions and HQ's allowance policy
 //! are included. Stock and transfers are not: a store holds only its own (the hub relays them
 //! only to the stores they concern), so they are hashed per scope (`crate::stock::scope_digests`). The membership
-//! program's records are included (rules, count cards, refund lines, gifts, feedback).
+//! program's records are included (rules, count cards, refund lines, gifts, feedback,
+//! referrals).
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
@@ -143,6 +144,11 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
         "lottery_draws",
         "SELECT id, lottery_id, member_id, day, prize, code FROM lottery_draws ORDER BY id",
         6,
+    )?;
+    feed(
+        "referrals",
+        "SELECT referee, referrer, at_ms, origin FROM referrals ORDER BY referee",
+        4,
     )?;
     Ok(hex::encode(hasher.finalize()))
 }

@@ -12,6 +12,7 @@
 //! - [`catalog`]: the catalog (products with HQ's fields, bundles) and its queries.
 //! - [`coupons`]: rich coupon templates, issued coupons, transfers, lottery wheels and draws.
 //! - [`program`]: the membership program's state (HQ's rule set, count cards).
+//! - [`engagement`]: referrals (who referred whom) and their reward status.
 //! - [`stock`]: stock movements, levels and transfers; per-store scope digests.
 //!
 //! Architecture invariant: a replica's queryable state is a pure function of the *set* of
@@ -21,6 +22,7 @@ pub mod api;
 pub mod catalog;
 pub mod coupons;
 pub mod digest;
+pub mod engagement;
 pub mod node;
 pub mod program;
 pub mod project;

@@ -47,6 +47,7 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::CouponIssueV2(coupon)) => coupon.member_id,
         Op::V1(OpV1::CouponTransfer(transfer)) => Some(transfer.to_member),
         Op::V1(OpV1::LotteryDraw(draw)) => Some(draw.member_id),
+        Op::V1(OpV1::Referral(referral)) => Some(referral.referee),
     };
     let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
@@ -346,6 +347,11 @@ pub fn check_remote(envelope: &Envelope) -> Result<(), ApplyError> {
                 return Err(ApplyError::Mismatch);
             }
         }
+        Op::V1(OpV1::Referral(referral))
+            if chainsync_core::referral::check(referral.referee, referral.referrer).is_err() =>
+        {
+            return Err(ApplyError::Mismatch);
+        }
         Op::V1(OpV1::TransferRequest(request)) => {
             request.check()?;
             let ends = &request.ends;
@@ -454,6 +460,9 @@ pub fn project_recorded(
         }
         Op::V1(OpV1::LotteryDraw(draw)) => {
             crate::coupons::project_draw(conn, draw, &envelope.origin)?
+        }
+        Op::V1(OpV1::Referral(referral)) => {
+            crate::engagement::project_referral(conn, referral, &envelope.origin)?
         }
     }
     Ok(())

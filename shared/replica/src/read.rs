@@ -181,6 +181,8 @@ fn member_from_row(
         merged_from,
         auto_tags,
         feedback: Vec::new(),
+        referred_by: None,
+        referrals: Vec::new(),
     })
 }
 
@@ -209,6 +211,8 @@ pub fn member(
             let mut view = member_from_row(conn, row, rules, now_ms, utc_offset_seconds)?;
             view.feedback =
                 crate::program::member_feedback(conn, canonical, member_feedback_shown)?;
+            (view.referred_by, view.referrals) =
+                crate::engagement::member_referrals(conn, canonical)?;
             Ok(Some(view))
         }
         None => Ok(None),

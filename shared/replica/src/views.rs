@@ -49,6 +49,13 @@ pub struct MemberView {
     /// member's record, not in lists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feedback: Vec<crate::program::FeedbackView>,
+    /// Who referred this member (老带新) and whether the reward was given (only in the single
+    /// member's record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referred_by: Option<crate::engagement::ReferralView>,
+    /// The members this member referred, oldest first (only in the single member's record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrals: Vec<crate::engagement::ReferralView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -69,6 +76,9 @@ pub struct NewMember {
     pub note: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Who referred the new member (老带新): a member id, phone or card number. Unknown: 422
+    /// `unknown_referrer`, nothing written.
+    pub referrer: Option<String>,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).

@@ -267,7 +267,8 @@ impl Projection {
             | OpV1::Feedback(_)
             | OpV1::CouponTransfer(_)
             | OpV1::LotteryUpsert(_)
-            | OpV1::LotteryDraw(_) => {}
+            | OpV1::LotteryDraw(_)
+            | OpV1::Referral(_) => {}
         }
         true
     }
