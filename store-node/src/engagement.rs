@@ -187,12 +187,6 @@ pub fn record_referral(
     Ok(())
 }
 
-/// The referral reward of the rules in force.
-fn referral_reward(local: &Local) -> chainsync_core::referral::ReferralReward {
-    let _ = &local.rules;
-    chainsync_core::referral::ReferralReward::default()
-}
-
 /// After a checkout of `member_id` (canonical): if the member's group was referred and the
 /// reward is not held yet, write it (both parties), with ids derived from the referee's phone,
 /// so a second store doing the same while apart writes the same entries (kept once).
@@ -221,7 +215,7 @@ pub fn referral_on_purchase(
         return Ok(());
     }
     let referrer = read::canonical_member(conn, referral.referrer)?.unwrap_or(referral.referrer);
-    let reward = referral_reward(local);
+    let reward = local.rules.referral.clone();
     for entry in chainsync_core::referral::reward_entries(&reward, &phone) {
         let (to, reason) = match entry.party {
             chainsync_core::referral::Party::Referrer => {

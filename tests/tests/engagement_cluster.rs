@@ -111,6 +111,22 @@ fn the_check_in_streak_reward_is_reached_day_by_day_also_offline() -> Result<()>
     Ok(())
 }
 
+fn hub_put_rules(hub: &Hub, rules: &Value) -> Result<(u16, Value)> {
+    hub.api.request(
+        "PUT",
+        "/api/v1/rules",
+        Some(&hub.token),
+        None,
+        Some(&rules.to_string()),
+        None,
+    )
+}
+
+fn rules_version(store: &Store) -> Result<i64> {
+    let (_, rules) = store.get("/api/v1/rules")?;
+    rules["version"].as_i64().context("rules version")
+}
+
 fn member_record(api: &tests::Api, token: &str, member: &str) -> Result<Value> {
     let (status, body) = api.get(&format!("/api/v1/members/{member}"), Some(token))?;
     anyhow::ensure!(status == 200, "member {member}: {status} {body}");
@@ -139,6 +155,24 @@ fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart
     point_bundle_at(&bundle_b, relay.address)?;
     let b = Store::start("rb", dir.path(), &bundle_b)?;
     let id_of = |v: &Value| -> Result<String> { Ok(v["id"].as_str().context("id")?.to_owned()) };
+    // HQ's rules: 200 points each and ¥10 bonus stored value for the referee (out of bounds
+    // refused).
+    let (_, mut rules) = hub.get("/api/v1/rules")?;
+    rules["referral"] = json!({"referrer_points": -1, "referee_points": 200,
+        "referrer_stored_value_fen": 0, "referee_stored_value_fen": 1_000});
+    let (status, refused) = hub_put_rules(&hub, &rules)?;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("invalid_rules")),
+        "{refused}"
+    );
+    rules["referral"]["referrer_points"] = json!(200);
+    let (status, set) = hub_put_rules(&hub, &rules)?;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["referral"]["referee_stored_value_fen"], 1_000, "{set}");
+    wait_until("the rules at both stores", bounded, || {
+        Ok(rules_version(&a)? == 2 && rules_version(&b)? == 2)
+    })?;
 
     let referrer = a.ok(
         "/api/v1/members",
@@ -207,6 +241,7 @@ fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart
     assert_eq!(at_b["points"], 215, "{at_b}");
     assert_eq!(referral_entries(&a.api, &a.manager, &r)?, 1);
     assert_eq!(referral_entries(&b.api, &b.manager, &r)?, 1);
+    assert_eq!(at_b["balance_fen"], 1_000, "{at_b}");
     // The same person registered at both stores while apart, each naming the referrer.
     let p_a = id_of(&a.ok(
         "/api/v1/members",
@@ -231,9 +266,15 @@ fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart
         assert_eq!(points(api, token, &r)?, 400, "{name}");
         assert_eq!(referral_entries(api, token, &r)?, 2, "{name}");
         assert_eq!(points(api, token, &e)?, 230, "{name}");
-        assert_eq!(referral_entries(api, token, &e)?, 1, "{name}");
+        assert_eq!(
+            referral_entries(api, token, &e)?,
+            2,
+            "{name}: points and bonus"
+        );
+        let record = member_record(api, token, &e)?;
+        assert_eq!(record["bonus_fen"], 1_000, "{name} {record}");
         assert_eq!(points(api, token, &p)?, 230, "{name}");
-        assert_eq!(referral_entries(api, token, &p)?, 1, "{name}");
+        assert_eq!(referral_entries(api, token, &p)?, 2, "{name}");
         balances_match_ledgers(api, token)?;
         let record = member_record(api, token, &e)?;
         assert_eq!(

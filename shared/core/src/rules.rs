@@ -71,6 +71,13 @@ pub struct Rules {
     pub prepaid_cap: Fen,
     /// Given on registration.
     pub signup: SignupGift,
+    /// The referral reward (老带新), after the referee's first purchase. Default: 200 points
+    /// each, no stored value.
+    #[serde(default)]
+    pub referral: crate::referral::ReferralReward,
+    /// Points expiry (absent: points never expire).
+    #[serde(default)]
+    pub points_expiry: Option<crate::points_expiry::PointsExpiryPolicy>,
 }
 
 /// What a new member gets on registration (all optional).
@@ -118,6 +125,8 @@ impl Default for Rules {
             point_value_fen: 1,
             prepaid_cap: Fen(500_000),
             signup: SignupGift::default(),
+            referral: crate::referral::ReferralReward::default(),
+            points_expiry: None,
         }
     }
 }
@@ -175,6 +184,12 @@ impl Rules {
         }
         if !(0..=self.prepaid_cap.0).contains(&self.signup.stored_value.0) {
             return bad("signup.stored_value is 0 to the prepaid cap");
+        }
+        if let Err(e) = self.referral.validate(self.prepaid_cap) {
+            return bad(&e.to_string());
+        }
+        if let Some(Err(e)) = self.points_expiry.as_ref().map(|p| p.validate()) {
+            return bad(&e.to_string());
         }
         Ok(())
     }

@@ -116,6 +116,81 @@ pub struct SignupGiftView {
     pub coupon_template_id: Option<Uuid>,
 }
 
+/// The referral reward (老带新), given to both after the referee's first purchase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralRewardView {
+    pub referrer_points: i64,
+    pub referee_points: i64,
+    /// Credited as bonus stored value (分).
+    pub referrer_stored_value_fen: i64,
+    pub referee_stored_value_fen: i64,
+}
+
+impl Default for ReferralRewardView {
+    fn default() -> ReferralRewardView {
+        ReferralRewardView::of(&chainsync_core::referral::ReferralReward::default())
+    }
+}
+
+impl ReferralRewardView {
+    fn of(reward: &chainsync_core::referral::ReferralReward) -> ReferralRewardView {
+        ReferralRewardView {
+            referrer_points: reward.referrer_points,
+            referee_points: reward.referee_points,
+            referrer_stored_value_fen: reward.referrer_stored_value.0,
+            referee_stored_value_fen: reward.referee_stored_value.0,
+        }
+    }
+}
+
+/// Points expiry: points earned in calendar year Y (in `utc_offset`) expire at the end of year
+/// Y + `years_kept`; spending takes the oldest points first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointsExpiryView {
+    /// 0 to 10 (1: the end of next year).
+    pub years_kept: u32,
+    /// The zone whose years count for the whole chain (default `+08:00`).
+    #[serde(default = "default_expiry_offset")]
+    pub utc_offset: String,
+    /// An outbox reminder this many days before points expire (0 to 90, default 30; 0: none).
+    #[serde(default = "default_remind_days")]
+    pub remind_days_before: u32,
+}
+
+fn default_expiry_offset() -> String {
+    chainsync_core::engagement::format_utc_offset(
+        chainsync_core::engagement::default_utc_offset_seconds,
+    )
+}
+
+fn default_remind_days() -> u32 {
+    chainsync_core::points_expiry::PointsExpiryPolicy::default().remind_days_before
+}
+
+impl PointsExpiryView {
+    fn of(policy: &chainsync_core::points_expiry::PointsExpiryPolicy) -> PointsExpiryView {
+        PointsExpiryView {
+            years_kept: policy.years_kept,
+            utc_offset: chainsync_core::engagement::format_utc_offset(policy.utc_offset_seconds),
+            remind_days_before: policy.remind_days_before,
+        }
+    }
+
+    fn to_policy(&self) -> Result<chainsync_core::points_expiry::PointsExpiryPolicy, InvalidRules> {
+        let utc_offset_seconds = chainsync_core::engagement::parse_utc_offset(&self.utc_offset)
+            .ok_or_else(|| {
+                InvalidRules("points_expiry.utc_offset is like +08:00 (-12:00 to +14:00)".into())
+            })?;
+        Ok(chainsync_core::points_expiry::PointsExpiryPolicy {
+            years_kept: self.years_kept,
+            utc_offset_seconds,
+            remind_days_before: self.remind_days_before,
+        })
+    }
+}
+
 /// A whole rule set: the body of the hub's `PUT /api/v1/rules` (without `version`, which the
 /// hub assigns) and the answer of `GET /api/v1/rules` on the hub and on stores.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -132,6 +207,12 @@ pub struct RulesView {
     pub prepaid_cap_fen: i64,
     #[serde(default)]
     pub signup: SignupGiftView,
+    /// Absent: 200 points each, no stored value.
+    #[serde(default)]
+    pub referral: ReferralRewardView,
+    /// Absent or null: points never expire.
+    #[serde(default)]
+    pub points_expiry: Option<PointsExpiryView>,
 }
 
 impl RulesView {
@@ -164,6 +245,8 @@ impl RulesView {
                 stored_value_fen: rules.signup.stored_value.0,
                 coupon_template_id: rules.signup.coupon_template,
             },
+            referral: ReferralRewardView::of(&rules.referral),
+            points_expiry: rules.points_expiry.as_ref().map(PointsExpiryView::of),
         }
     }
 
@@ -197,6 +280,17 @@ impl RulesView {
                 stored_value: Fen(self.signup.stored_value_fen),
                 coupon_template: self.signup.coupon_template_id,
             },
+            referral: chainsync_core::referral::ReferralReward {
+                referrer_points: self.referral.referrer_points,
+                referee_points: self.referral.referee_points,
+                referrer_stored_value: Fen(self.referral.referrer_stored_value_fen),
+                referee_stored_value: Fen(self.referral.referee_stored_value_fen),
+            },
+            points_expiry: self
+                .points_expiry
+                .as_ref()
+                .map(PointsExpiryView::to_policy)
+                .transpose()?,
         };
         rules.validate()?;
         Ok(rules)
