@@ -380,7 +380,7 @@ mod tests {
         let mut newer: serde_json::Value =
             serde_json::from_str(&RulesDocument::of(&Rules::default()).json).unwrap();
         newer["version"] = 3.into();
-        newer["referral"] = serde_json::json!({"referrer_points": 100, "nested": [1, 2]});
+        newer["future_rule"] = serde_json::json!({"referrer_points": 100, "nested": [1, 2]});
         newer["tiers"][1]["points_threshold"] = 5_000.into();
         newer["signup"]["welcome_text"] = "欢迎".into();
         let document = RulesDocument {
