@@ -75,7 +75,8 @@ pub struct Rules {
     /// each, no stored value.
     #[serde(default)]
     pub referral: crate::referral::ReferralReward,
-    /// Points expiry (absent: points never expire).
+    /// Points expiry (absent: points never expire). Not applied by stores yet: validated and
+    /// replicated only.
     #[serde(default)]
     pub points_expiry: Option<crate::points_expiry::PointsExpiryPolicy>,
 }
