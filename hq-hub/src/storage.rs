@@ -354,10 +354,15 @@ pub const projection_quiet_ms: u64 = 20;
 pub const projection_idle_check_ms: u64 = 200;
 
 /// Ledger entries acknowledged but not yet projected, by member: what the projection lacks.
+///
+/// Kept by log position (origin, seq), because that is what the projector moves past; but two
+/// positions may carry the same entry id (an id derived from the facts, e.g. a referral reward
+/// or a points expiry written by two stores apart), and the projection keeps one row per id.
+/// So the sums are made at decision time, once per entry id, leaving out ids already projected.
 #[derive(Default, Debug)]
 pub struct Unprojected {
-    entries: HashMap<(StoreId, u64), (uuid::Uuid, Account, i64)>,
-    sums: HashMap<uuid::Uuid, Balances>,
+    entries: HashMap<(StoreId, u64), (Uuid, Uuid, Account, i64)>,
+    by_member: HashMap<Uuid, BTreeSet<(StoreId, u64)>>,
 }
 
 impl Unprojected {
@@ -374,35 +379,50 @@ impl Unprojected {
         if self.entries.contains_key(&key) {
             return;
         }
-        self.entries
-            .insert(key, (entry.member_id, entry.account, entry.amount));
-        let sum = self.sums.entry(entry.member_id).or_default();
-        add_to(sum, entry.account, entry.amount);
+        self.entries.insert(
+            key.clone(),
+            (entry.id, entry.member_id, entry.account, entry.amount),
+        );
+        self.by_member
+            .entry(entry.member_id)
+            .or_default()
+            .insert(key);
     }
 
     fn remove(&mut self, origin: &StoreId, seq: u64) {
-        let Some((member, account, amount)) = self.entries.remove(&(origin.clone(), seq)) else {
+        let key = (origin.clone(), seq);
+        let Some((_, member, _, _)) = self.entries.remove(&key) else {
             return;
         };
-        if let Some(sum) = self.sums.get_mut(&member) {
-            add_to(sum, account, amount.saturating_neg());
-            if *sum == Balances::default() {
-                self.sums.remove(&member);
+        if let Some(keys) = self.by_member.get_mut(&member) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_member.remove(&member);
             }
         }
     }
 
-    /// What the unprojected entries add to these members' balances.
-    pub fn balances_of(&self, members: &[uuid::Uuid]) -> Balances {
+    /// What the unprojected entries add to these members' balances: each entry id once, and
+    /// none whose id `projected` says is already in the projection.
+    pub fn balances_of(
+        &self,
+        members: &[Uuid],
+        mut projected: impl FnMut(Uuid) -> Result<bool, HubStorageError>,
+    ) -> Result<Balances, HubStorageError> {
         let mut total = Balances::default();
+        let mut seen = std::collections::HashSet::new();
         for member in members {
-            if let Some(sum) = self.sums.get(member) {
-                add_to(&mut total, Account::Principal, sum.principal.0);
-                add_to(&mut total, Account::Bonus, sum.bonus.0);
-                add_to(&mut total, Account::Points, sum.points);
+            for key in self.by_member.get(member).into_iter().flatten() {
+                let Some(&(id, _, account, amount)) = self.entries.get(key) else {
+                    continue;
+                };
+                if !seen.insert(id) || projected(id)? {
+                    continue;
+                }
+                add_to(&mut total, account, amount);
             }
         }
-        total
+        Ok(total)
     }
 }
 
@@ -484,7 +504,13 @@ pub fn balances_with_unprojected(
     let canonical = chainsync_replica::read::canonical_member(conn, member)?.unwrap_or(member);
     let group = chainsync_replica::read::member_group(conn, canonical)?;
     let mut total = projected;
-    let tail = unprojected.balances_of(&group);
+    let mut is_projected = conn.prepare_cached("SELECT 1 FROM ledger WHERE id = ?1")?;
+    let tail = unprojected.balances_of(&group, |id| {
+        Ok(is_projected
+            .query_row([id.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    })?;
     add_to(&mut total, Account::Principal, tail.principal.0);
     add_to(&mut total, Account::Bonus, tail.bonus.0);
     add_to(&mut total, Account::Points, tail.points);
@@ -998,5 +1024,54 @@ impl SqliteHubSide {
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod unprojected_tests {
+    use super::*;
+    use chainsync_core::ledger::EntryKind;
+
+    fn reward(origin: &str, seq: u64, id: Uuid, member: Uuid, points: i64) -> LedgerEntry {
+        LedgerEntry {
+            id,
+            origin: StoreId::parse(origin).unwrap(),
+            seq,
+            hlc: HlcTimestamp {
+                wall_ms: 1_000 + seq,
+                counter: 0,
+            },
+            member_id: member,
+            kind: EntryKind::PointsReward,
+            account: Account::Points,
+            amount: points,
+            checkout_id: None,
+            reason: None,
+            rule_version: 1,
+        }
+    }
+
+    #[test]
+    fn an_entry_id_written_by_two_stores_counts_once_and_not_after_projection() {
+        let member = Uuid::from_u128(7);
+        let derived = Uuid::from_u128(42);
+        let mut tail = Unprojected::default();
+        tail.add(&reward("a", 1, derived, member, 200));
+        tail.add(&reward("b", 9, derived, member, 200));
+        tail.add(&reward("a", 2, Uuid::from_u128(43), member, 5));
+        let sum = tail.balances_of(&[member], |_| Ok(false)).unwrap();
+        assert_eq!(sum.points, 205, "the derived id counts once");
+        let sum = tail.balances_of(&[member], |id| Ok(id == derived)).unwrap();
+        assert_eq!(
+            sum.points, 5,
+            "an id already projected is not counted again"
+        );
+        tail.remove(&StoreId::parse("a").unwrap(), 1);
+        tail.remove(&StoreId::parse("a").unwrap(), 2);
+        let sum = tail.balances_of(&[member], |_| Ok(false)).unwrap();
+        assert_eq!(sum.points, 200);
+        tail.remove(&StoreId::parse("b").unwrap(), 9);
+        assert!(tail.is_empty());
+        assert!(tail.by_member.is_empty());
     }
 }
