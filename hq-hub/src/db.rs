@@ -28,6 +28,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::coupons::schema_v1),
         M::up(hub_schema_projection),
         M::up(chainsync_replica::engagement::schema_v1),
+        M::up(chainsync_replica::program::schema_v6),
     ])
 }
 

@@ -610,6 +610,7 @@ pub fn checkout_as(
         )));
     }
     let mut lines = Vec::with_capacity(request.lines.len());
+    let mut categories = Vec::with_capacity(request.lines.len());
     for (index, line) in request.lines.iter().enumerate() {
         let qty = match line.qty.0 {
             Some(qty) if (1..=limits::line_qty_max).contains(&qty) => qty,
@@ -634,6 +635,7 @@ pub fn checkout_as(
                 )
             })?;
         // A bundle is priced as one line at its own price; a member pays the member price.
+        categories.push(product.category.clone());
         lines.push(PricedLine {
             unit_price: chainsync_core::catalog::unit_price(
                 Fen(product.price_fen),
@@ -677,13 +679,20 @@ pub fn checkout_as(
         local.utc_offset_seconds,
         now_ms,
     )?;
-    let quote = checkout::quote_with_coupons(
+    let earn = chainsync_core::rules::EarnContext {
+        store: local.store.as_str().to_owned(),
+        local_minute: chainsync_core::rules::local_minute(now_ms, local.utc_offset_seconds)
+            .unwrap_or_default(),
+        categories,
+    };
+    let quote = checkout::quote_earning(
         &local.rules,
         &lines,
         tier.as_ref(),
         balances,
         &payments,
         &coupons,
+        &earn,
     )?;
     if authority == Authority::Offline
         && let Some(member_id) = member_id
@@ -728,6 +737,15 @@ pub fn checkout_as(
     };
     let envelope = local.emit(conn, now_ms, OpV1::Sale(sale.clone()))?;
     project::project_sale(conn, &sale, &envelope.origin)?;
+    if member_id.is_some() && quote.points_earned > 0 {
+        let points = chainsync_core::op::SalePoints {
+            sale_id,
+            rule_version: local.rules.version,
+            lines: quote.line_points.clone(),
+        };
+        local.emit(conn, now_ms, OpV1::SalePoints(points.clone()))?;
+        chainsync_replica::program::project_sale_points(conn, &points)?;
+    }
     let stock_below_zero = crate::stock::write_sale(conn, local, &sale, now_ms)?;
     for code in &request.coupons {
         let redemption = CouponRedemption {
@@ -755,6 +773,7 @@ pub fn checkout_as(
     }
     let mut view: CheckoutView = read::sale_view(local.store.as_str(), &sale, false);
     view.stock_below_zero = stock_below_zero;
+    read::add_line_points(conn, &mut view)?;
     if let Some(member_id) = member_id {
         let after = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
         view.balance_fen = Some(after.principal.0.saturating_add(after.bonus.0));

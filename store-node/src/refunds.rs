@@ -126,7 +126,10 @@ pub fn refund_sale(
         return Err(already_refunded());
     }
     let original = original_movements(conn, sale.id)?;
-    let plan = refund::plan(&sale, &original, &before, &wanted).map_err(refund_error)?;
+    let line_points = program::sale_line_points(conn, sale.id)?;
+    let plan =
+        refund::plan_with_line_points(&sale, &original, &before, &wanted, line_points.as_deref())
+            .map_err(refund_error)?;
     let refund_id = local.new_id(now_ms)?;
     let record = RefundRecord {
         id: refund_id,

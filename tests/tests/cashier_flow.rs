@@ -170,8 +170,10 @@ fn register_recharge_checkout_refund_and_ledger() -> Result<()> {
     assert_eq!(
         c1["lines"],
         json!([
-            {"sku": "SKU-A", "name": "可口可乐 2L", "qty": 2, "unit_price_fen": 1_299, "amount_fen": 2_598},
-            {"sku": "SKU-C", "name": "口香糖", "qty": 1, "unit_price_fen": 99, "amount_fen": 99},
+            {"sku": "SKU-A", "name": "可口可乐 2L", "qty": 2, "unit_price_fen": 1_299, "amount_fen": 2_598,
+             "points_earned": 25},
+            {"sku": "SKU-C", "name": "口香糖", "qty": 1, "unit_price_fen": 99, "amount_fen": 99,
+             "points_earned": 1},
         ]),
         "{c1}"
     );

@@ -31,9 +31,21 @@ fn online(store: &Store) -> Result<bool> {
 }
 
 /// Rules version 2: gold from ¥100 with 10 % off, recharge ≥ ¥100 gives 20 %, cap ¥1,000,
-/// 50 signup points.
+/// 50 signup points; campaigns (double points everywhere, triple on drinks, ×5 only at store
+/// rb) and no points on tobacco.
 fn rules_v2() -> Value {
     json!({
+        "campaigns": [
+            {"name": "双倍积分", "start": "2020-01-01T00:00", "end": "2099-01-01T00:00",
+             "multiplier_pct": 200},
+            {"name": "饮料三倍", "start": "2020-01-01T00:00", "end": "2099-01-01T00:00",
+             "multiplier_pct": 300, "categories": ["饮料"]},
+            {"name": "rb 五倍", "start": "2020-01-01T00:00", "end": "2099-01-01T00:00",
+             "multiplier_pct": 500, "stores": ["rb"]},
+            {"name": "过期", "start": "2020-01-01T00:00", "end": "2020-02-01T00:00",
+             "multiplier_pct": 1000}
+        ],
+        "points_excluded_categories": ["烟草"],
         "tiers": [
             {"name": "普通", "spend_threshold_fen": 0, "discount_bp": 0, "points_multiplier_pct": 100},
             {"name": "黄金", "spend_threshold_fen": 10_000, "discount_bp": 1_000, "points_multiplier_pct": 200}
@@ -65,13 +77,66 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     );
     let (status, _) = hub_put(&hub, "/api/v1/rules", &json!({"tiers": []}))?;
     assert_eq!(status, 400);
+    for (field, value) in [
+        ("multiplier_pct", json!(50)),
+        ("start", json!("2020-13-01T00:00")),
+        ("end", json!("2019-01-01T00:00")),
+        ("stores", json!([""])),
+    ] {
+        let mut bad = rules_v2();
+        bad["campaigns"][0][field] = value;
+        let (status, refused) = hub_put(&hub, "/api/v1/rules", &bad)?;
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (422, Some("invalid_rules")),
+            "{field}: {refused}"
+        );
+    }
+    let mut bad = rules_v2();
+    bad["campaigns"][0]["bonus"] = json!(1);
+    assert_eq!(
+        hub_put(&hub, "/api/v1/rules", &bad)?.0,
+        400,
+        "unknown field"
+    );
+    let mut bad = rules_v2();
+    bad["points_excluded_categories"] = json!(["  "]);
+    assert_eq!(hub_put(&hub, "/api/v1/rules", &bad)?.0, 422);
+    assert_eq!(hub.get("/api/v1/rules")?.1["version"], 1, "nothing changed");
+    for (sku, category, price) in [("DRINK", "饮料", 1_000), ("SMOKE", "烟草", 2_000)] {
+        let (status, item) = hub.api.request(
+            "PUT",
+            &format!("/api/v1/catalog/{sku}"),
+            Some(&hub.token),
+            None,
+            Some(&json!({"name": sku, "category": category, "price_fen": price}).to_string()),
+            None,
+        )?;
+        assert_eq!(status, 200, "{item}");
+    }
+    let (status, item) = hub.api.request(
+        "PUT",
+        "/api/v1/catalog/SNACK",
+        Some(&hub.token),
+        None,
+        Some(&json!({"name": "SNACK", "price_fen": 500}).to_string()),
+        None,
+    )?;
+    assert_eq!(status, 200, "{item}");
 
     let (status, set) = hub_put(&hub, "/api/v1/rules", &rules_v2())?;
     assert_eq!(status, 200, "{set}");
     assert_eq!(set["version"], 2);
-    wait_until("rules v2 at both stores", bounded, || {
-        Ok(rules_version(&a)? == 2 && rules_version(&b)? == 2 && online(&a)? && online(&b)?)
+    assert_eq!(set["campaigns"].as_array().map(Vec::len), Some(4), "{set}");
+    assert_eq!(set["points_excluded_categories"], json!(["烟草"]));
+    wait_until("rules v2 and the catalog at both stores", bounded, || {
+        Ok(rules_version(&a)? == 2
+            && rules_version(&b)? == 2
+            && online(&a)?
+            && online(&b)?
+            && converged(&hub, &[&a, &b])?)
     })?;
+    assert_eq!(a.get("/api/v1/rules")?.1, hub.get("/api/v1/rules")?.1);
 
     // The hub goes away: store a applies the version it holds.
     hub.kill9();
@@ -111,6 +176,39 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     assert_eq!(adjusted["points_balance"], 30);
     assert_eq!(adjusted["rule_version"], 2);
 
+    // Points at a checkout while cut off: drinks ×3 (the highest of ×2 and ×3), tobacco
+    // nothing, the rest ×2 (rb's ×5 is not for this store, the expired ×10 is over).
+    let buyer = a.ok(
+        "/api/v1/members",
+        &json!({"name": "孙八", "phone": "13900006666"}),
+    )?;
+    let buyer = buyer["id"].as_str().context("id")?.to_owned();
+    let sale = a.ok(
+        "/api/v1/checkouts",
+        &json!({"member_id": buyer,
+                "lines": [{"sku": "DRINK", "qty": 1}, {"sku": "SMOKE", "qty": 1},
+                          {"sku": "SNACK", "qty": 1}],
+                "payments": [{"method": "cash", "amount_fen": 3_500}]}),
+    )?;
+    assert_eq!(sale["points_earned"], 40, "¥10×3 + ¥5×2: {sale}");
+    let by_line: Vec<_> = sale["lines"]
+        .as_array()
+        .context("lines")?
+        .iter()
+        .map(|l| l["points_earned"].as_i64())
+        .collect();
+    assert_eq!(by_line, [Some(30), Some(0), Some(10)], "{sale}");
+    assert_eq!(sale["rule_version"], 2);
+    assert_eq!(sale["points"], 90, "50 signup + 40: {sale}");
+    // Refunding the drink takes back the drink's 30 points, not a share of the sale's.
+    let sale_id = sale["id"].as_str().context("sale id")?.to_owned();
+    let refund = a.ok(
+        &format!("/api/v1/checkouts/{sale_id}/refunds"),
+        &json!({"lines": [{"line": 0, "qty": 1}]}),
+    )?;
+    assert_eq!(refund["points_taken_back"], 30, "{refund}");
+    assert_eq!(refund["points"], 60, "{refund}");
+
     // Back together: everything converges, and every entry says rules v2 produced it.
     hub.restart()?;
     wait_until("converged after the hub is back", bounded, || {
@@ -128,6 +226,23 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     let at_b = b.get(&format!("/api/v1/members/{id}"))?.1;
     assert_eq!(at_b["balance_fen"], 24_000);
     assert_eq!(at_b["points"], 30);
+    // The buyer's points are the same everywhere, and so is each entry's rule version.
+    for points in [
+        hub.get(&format!("/api/v1/members/{buyer}"))?.1["points"].clone(),
+        b.get(&format!("/api/v1/members/{buyer}"))?.1["points"].clone(),
+    ] {
+        assert_eq!(points, 60);
+    }
+    let (_, ledger) = hub.get(&format!("/api/v1/members/{buyer}/ledger"))?;
+    let entries = ledger["entries"].as_array().context("entries")?;
+    let earned: Vec<_> = entries
+        .iter()
+        .filter(|e| e["kind"] == "points_earn" || e["kind"] == "points_reverse")
+        .map(|e| (e["amount"].as_i64(), e["rule_version"].as_i64()))
+        .collect();
+    assert_eq!(earned.len(), 2, "{ledger}");
+    assert!(earned.contains(&(Some(40), Some(2))), "{ledger}");
+    assert!(earned.contains(&(Some(-30), Some(2))), "{ledger}");
 
     // A newer set wins everywhere; an older one arriving late would not replace it.
     let mut v3 = rules_v2();

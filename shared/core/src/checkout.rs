@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::{Account, Balances, EntryKind};
 use crate::limits;
 use crate::money::{Fen, Overflow};
-use crate::rules::{Rules, Tier};
+use crate::rules::{EarnContext, Rules, Tier};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +54,8 @@ pub struct Quote {
     pub movements: Vec<Movement>,
     /// The part of `discount` that coupons gave.
     pub coupon_discount: Fen,
+    /// Points earned per line (they add up to `points_earned`; see `Rules::line_points`).
+    pub line_points: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +136,28 @@ pub fn quote_with_coupons(
     balances: Option<Balances>,
     payments: &[Payment],
     coupons: &[CouponUse],
+) -> Result<Quote, CheckoutError> {
+    quote_earning(
+        rules,
+        lines,
+        tier,
+        balances,
+        payments,
+        coupons,
+        &EarnContext::default(),
+    )
+}
+
+/// [`quote_with_coupons`] where points earned follow the campaigns and category exclusions
+/// of `rules` for the store, local time and line categories in `earn`.
+pub fn quote_earning(
+    rules: &Rules,
+    lines: &[PricedLine],
+    tier: Option<&Tier>,
+    balances: Option<Balances>,
+    payments: &[Payment],
+    coupons: &[CouponUse],
+    earn: &EarnContext,
 ) -> Result<Quote, CheckoutError> {
     if lines.is_empty() {
         return Err(CheckoutError::EmptyCart);
@@ -255,13 +279,24 @@ pub fn quote_with_coupons(
             amount: -wanted,
         });
     }
-    let (points_earned, tier_name) = match tier {
+    let (line_points, tier_name) = match tier {
         Some(tier) => {
             let eligible = total.checked_sub(points_fen)?;
-            (rules.points_for(eligible, tier)?, tier.name.clone())
+            let mut amounts = Vec::with_capacity(lines.len());
+            for line in lines {
+                amounts.push(line.unit_price.checked_mul(line.qty)?);
+            }
+            (
+                rules.line_points(&amounts, eligible, tier, earn)?,
+                tier.name.clone(),
+            )
         }
-        None => (0, String::new()),
+        None => (vec![0; lines.len()], String::new()),
     };
+    let points_earned = line_points
+        .iter()
+        .try_fold(0i64, |sum, p| sum.checked_add(*p))
+        .ok_or(CheckoutError::Overflow)?;
     if points_earned > 0 {
         movements.push(Movement {
             kind: EntryKind::PointsEarn,
@@ -277,6 +312,7 @@ pub fn quote_with_coupons(
         tier_name,
         movements,
         coupon_discount,
+        line_points,
     })
 }
 

@@ -91,6 +91,18 @@ pub enum OpV1 {
     RulesSetV2(crate::rules::RulesDocument),
     /// A member registered naming a referrer (老带新); written once, by the registering store.
     Referral(crate::referral::Referral),
+    /// The points a sale earned, line by line (written with its `Sale` when a member earned
+    /// points), so a line-level refund takes back that line's points.
+    SalePoints(SalePoints),
+}
+
+/// Points earned per line of a sale (index as in `SaleRecord::lines`), by the rules version
+/// that decided them; they add up to `SaleRecord::points_earned`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalePoints {
+    pub sale_id: Uuid,
+    pub rule_version: u32,
+    pub lines: Vec<i64>,
 }
 
 /// A coupon template (minimal: a cash voucher with a minimum spend).
@@ -226,6 +238,7 @@ impl Op {
             Op::V1(OpV1::LotteryDraw(_)) => "lottery_draw",
             Op::V1(OpV1::RulesSetV2(_)) => "rules_set_v2",
             Op::V1(OpV1::Referral(_)) => "referral",
+            Op::V1(OpV1::SalePoints(_)) => "sale_points",
         }
     }
 

@@ -82,6 +82,19 @@ pub fn plan(
     before: &RefundedSoFar,
     lines: &[RefundLine],
 ) -> Result<RefundPlan, RefundError> {
+    plan_with_line_points(sale, original, before, lines, None)
+}
+
+/// [`plan`] for a sale whose points were earned line by line (`line_points`, from its
+/// `SalePoints`): the points taken back are each refunded line's own, in the share of its
+/// units refunded (`rules::line_points_back`), not a share of the whole sale's.
+pub fn plan_with_line_points(
+    sale: &SaleRecord,
+    original: &[Movement],
+    before: &RefundedSoFar,
+    lines: &[RefundLine],
+    line_points: Option<&[i64]>,
+) -> Result<RefundPlan, RefundError> {
     if lines.is_empty() {
         return Err(RefundError::NoLines);
     }
@@ -116,8 +129,10 @@ pub fn plan(
         }
         Ok(sum)
     };
-    let subtotal = value(&sale.lines.iter().map(|l| l.qty).collect::<Vec<_>>())?;
-    let (was, now) = (value(&after_before(before, sale))?, value(&after)?);
+    let quantities: Vec<i64> = sale.lines.iter().map(|l| l.qty).collect();
+    let subtotal = value(&quantities)?;
+    let earlier = after_before(before, sale);
+    let (was, now) = (value(&earlier)?, value(&after)?);
     // The part of `whole` this refund gives back: cumulative share now minus before.
     let step = |whole: i64| share(whole, now, subtotal) - share(whole, was, subtotal);
     let paid = |method: PaymentMethod| -> i64 {
@@ -132,7 +147,13 @@ pub fn plan(
     let mut movements = Vec::new();
     let mut stored_value = 0i64;
     for movement in original {
-        let back = step(movement.amount.saturating_abs());
+        let back = match (movement.kind, line_points) {
+            (EntryKind::PointsEarn, Some(points)) => {
+                crate::rules::line_points_back(points, &quantities, &earlier, &after)
+                    .min(movement.amount.saturating_abs())
+            }
+            _ => step(movement.amount.saturating_abs()),
+        };
         if back == 0 {
             continue;
         }

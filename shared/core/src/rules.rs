@@ -79,6 +79,81 @@ pub struct Rules {
     /// replicated only.
     #[serde(default)]
     pub points_expiry: Option<crate::points_expiry::PointsExpiryPolicy>,
+    /// Points campaigns (multipliers on top of the tier's); none by default.
+    #[serde(default)]
+    pub campaigns: Vec<Campaign>,
+    /// Product categories whose lines earn no points; none by default.
+    #[serde(default)]
+    pub points_excluded_categories: Vec<String>,
+}
+
+/// "From `start` to `end` (the store's local time), lines earn `multiplier_pct` of their
+/// points", optionally only at some stores and for some product categories. Several campaigns
+/// that apply to one line do not add up: the highest multiplier applies (see
+/// [`Rules::campaign_multiplier_pct`]). On top of the tier multiplier (they multiply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub name: String,
+    /// Local time at the store, `YYYY-MM-DDTHH:MM`, inclusive.
+    pub start: String,
+    /// Local time at the store, `YYYY-MM-DDTHH:MM`, exclusive.
+    pub end: String,
+    /// 100 = ×1 (no change), 200 = double points.
+    pub multiplier_pct: i64,
+    /// Store ids where it applies; empty: every store.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// Product categories it applies to; empty: every line.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+/// Most campaigns in a rule set, and stores or categories named in one list.
+pub const campaigns_max: usize = 64;
+pub const rule_names_max: usize = 200;
+
+/// A local time as campaigns compare it: `YYYY-MM-DDTHH:MM` (fixed width, so text order is
+/// time order). From [`crate::engagement::local_datetime`].
+pub fn local_minute(at_ms: u64, utc_offset_seconds: i32) -> Option<String> {
+    let local = crate::engagement::local_datetime(at_ms, utc_offset_seconds)?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}",
+        local.year(),
+        u8::from(local.month()),
+        local.day(),
+        local.hour(),
+        local.minute()
+    ))
+}
+
+fn is_local_minute(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let shape = bytes.len() == 16
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            10 => *b == b'T',
+            13 => *b == b':',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
+        return false;
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u16>().unwrap_or(u16::MAX);
+    let month = time::Month::try_from(u8::try_from(number(5..7)).unwrap_or(0));
+    let day = u8::try_from(number(8..10)).unwrap_or(0);
+    let date_ok = month
+        .is_ok_and(|m| time::Date::from_calendar_date(i32::from(number(0..4)), m, day).is_ok());
+    date_ok && number(11..13) < 24 && number(14..16) < 60
+}
+
+/// Where and when a checkout earns points, and each line's product category.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EarnContext {
+    pub store: String,
+    /// [`local_minute`] at the store at the checkout.
+    pub local_minute: String,
+    /// Per line, its product's category (None: none).
+    pub categories: Vec<Option<String>>,
 }
 
 /// What a new member gets on registration (all optional).
@@ -128,6 +203,8 @@ impl Default for Rules {
             signup: SignupGift::default(),
             referral: crate::referral::ReferralReward::default(),
             points_expiry: None,
+            campaigns: Vec::new(),
+            points_excluded_categories: Vec::new(),
         }
     }
 }
@@ -192,6 +269,41 @@ impl Rules {
         if let Some(Err(e)) = self.points_expiry.as_ref().map(|p| p.validate()) {
             return bad(&e.to_string());
         }
+        let name_ok = |name: &str| {
+            let name = name.trim();
+            !name.is_empty() && name.chars().count() <= 64 && !name.chars().any(char::is_control)
+        };
+        if self.campaigns.len() > campaigns_max {
+            return bad("campaigns: at most 64");
+        }
+        for campaign in &self.campaigns {
+            if !name_ok(&campaign.name) {
+                return bad("campaigns: each name is 1 to 64 characters");
+            }
+            if !is_local_minute(&campaign.start) || !is_local_minute(&campaign.end) {
+                return bad("campaigns: start and end are local times YYYY-MM-DDTHH:MM");
+            }
+            if campaign.end <= campaign.start {
+                return bad("campaigns: end must be after start");
+            }
+            if !(100..=1_000).contains(&campaign.multiplier_pct) {
+                return bad("campaigns: multiplier_pct is 100 to 1000");
+            }
+            if campaign.stores.len() > rule_names_max
+                || campaign.categories.len() > rule_names_max
+                || !campaign.stores.iter().all(|s| name_ok(s))
+                || !campaign.categories.iter().all(|c| name_ok(c))
+            {
+                return bad(
+                    "campaigns: at most 200 stores and 200 categories, 1 to 64 characters each",
+                );
+            }
+        }
+        if self.points_excluded_categories.len() > rule_names_max
+            || !self.points_excluded_categories.iter().all(|c| name_ok(c))
+        {
+            return bad("points_excluded_categories: at most 200, 1 to 64 characters each");
+        }
         Ok(())
     }
 
@@ -226,6 +338,112 @@ impl Rules {
             .map(|p| p / 100)
             .ok_or(Overflow)
     }
+
+    /// The campaign multiplier for a line of `category` sold at `store` at local time
+    /// `local_minute`: the highest of the campaigns that apply (they do not add up), 100 when
+    /// none does. The highest is a maximum, so neither the campaigns' order nor repeating one
+    /// changes it.
+    pub fn campaign_multiplier_pct(
+        &self,
+        store: &str,
+        local_minute: &str,
+        category: Option<&str>,
+    ) -> i64 {
+        self.campaigns
+            .iter()
+            .filter(|c| c.start.as_str() <= local_minute && local_minute < c.end.as_str())
+            .filter(|c| c.stores.is_empty() || c.stores.iter().any(|s| s == store))
+            .filter(|c| {
+                c.categories.is_empty()
+                    || category.is_some_and(|cat| c.categories.iter().any(|c| c == cat))
+            })
+            .map(|c| c.multiplier_pct)
+            .max()
+            .unwrap_or(100)
+            .max(100)
+    }
+
+    /// Whether lines of `category` earn no points.
+    pub fn excludes_category(&self, category: Option<&str>) -> bool {
+        category.is_some_and(|cat| self.points_excluded_categories.iter().any(|c| c == cat))
+    }
+
+    /// Points earned per line of a checkout: `line_amounts` are the lines' list amounts,
+    /// `eligible` what was paid with money (not points). The money is shared out over the
+    /// lines by their amounts; each line weighs its share × its campaign multiplier (0 for an
+    /// excluded category); the checkout earns [`Rules::points_for`] of the weighed total,
+    /// shared out over the lines by weight. Shares are cumulative floors, so the lines add up
+    /// exactly to the checkout's points; without campaigns or exclusions the total is what
+    /// [`Rules::points_for`] gives for `eligible`, as before they existed.
+    pub fn line_points(
+        &self,
+        line_amounts: &[Fen],
+        eligible: Fen,
+        tier: &Tier,
+        context: &EarnContext,
+    ) -> Result<Vec<i64>, Overflow> {
+        let amounts: Vec<i128> = line_amounts
+            .iter()
+            .map(|a| i128::from(a.0.max(0)))
+            .collect();
+        let money = shares(i128::from(eligible.0.max(0)), &amounts);
+        let mut weights = Vec::with_capacity(amounts.len());
+        for (index, share) in money.iter().enumerate() {
+            let category = context.categories.get(index).and_then(|c| c.as_deref());
+            let pct = if self.excludes_category(category) {
+                0
+            } else {
+                self.campaign_multiplier_pct(&context.store, &context.local_minute, category)
+            };
+            weights.push(share * i128::from(pct));
+        }
+        let weighed_fen = weights.iter().sum::<i128>() / 100;
+        let weighed_fen = i64::try_from(weighed_fen).map_err(|_| Overflow)?;
+        let total = self.points_for(Fen(weighed_fen), tier)?;
+        Ok(shares(i128::from(total), &weights)
+            .into_iter()
+            .map(|p| i64::try_from(p).unwrap_or(0))
+            .collect())
+    }
+}
+
+/// `whole` shared out in proportion to `weights` (all ≥ 0) by cumulative floors: the parts add
+/// up to `whole` exactly (0 everywhere when the weights are all 0).
+fn shares(whole: i128, weights: &[i128]) -> Vec<i128> {
+    let sum: i128 = weights.iter().sum();
+    if sum <= 0 {
+        return vec![0; weights.len()];
+    }
+    let (mut running, mut given) = (0i128, 0i128);
+    weights
+        .iter()
+        .map(|weight| {
+            running += weight;
+            let upto = whole * running / sum;
+            let part = upto - given;
+            given = upto;
+            part
+        })
+        .collect()
+}
+
+/// The points a refund takes back, line by line: for each line, its points times the share of
+/// its units refunded after this refund, minus before (cumulative floors, so refunding every
+/// unit takes back exactly what the line earned).
+pub fn line_points_back(line_points: &[i64], qty: &[i64], before: &[i64], after: &[i64]) -> i64 {
+    let mut back = 0i64;
+    for (index, points) in line_points.iter().enumerate() {
+        let units = qty.get(index).copied().unwrap_or(0);
+        if units <= 0 {
+            continue;
+        }
+        let part =
+            |done: i64| i128::from(*points) * i128::from(done.clamp(0, units)) / i128::from(units);
+        let was = part(before.get(index).copied().unwrap_or(0));
+        let now = part(after.get(index).copied().unwrap_or(0));
+        back = back.saturating_add(i64::try_from(now - was).unwrap_or(0));
+    }
+    back
 }
 
 /// Largest rules document (JSON text) in a `RulesSetV2`, in bytes.
@@ -425,5 +643,171 @@ mod tests {
             json: format!("{}{}", good.json, " ".repeat(rules_document_bytes_max)),
         };
         assert!(huge.rules().is_err());
+    }
+
+    fn campaign(name: &str, pct: i64, stores: &[&str], categories: &[&str]) -> Campaign {
+        Campaign {
+            name: name.into(),
+            start: "2026-12-01T00:00".into(),
+            end: "2026-12-08T00:00".into(),
+            multiplier_pct: pct,
+            stores: stores.iter().map(|s| s.to_string()).collect(),
+            categories: categories.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn with_campaigns() -> Rules {
+        Rules {
+            campaigns: vec![
+                campaign("双倍周", 200, &[], &[]),
+                campaign("饮料三倍", 300, &[], &["饮料"]),
+                campaign("新店五倍", 500, &["s9"], &[]),
+            ],
+            points_excluded_categories: vec!["烟草".into()],
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn the_highest_applying_campaign_wins_in_the_stores_local_time() {
+        let rules = with_campaigns();
+        assert_eq!(rules.validate(), Ok(()));
+        let at = "2026-12-03T10:00";
+        assert_eq!(rules.campaign_multiplier_pct("s1", at, Some("饮料")), 300);
+        assert_eq!(rules.campaign_multiplier_pct("s1", at, Some("零食")), 200);
+        assert_eq!(rules.campaign_multiplier_pct("s1", at, None), 200);
+        assert_eq!(rules.campaign_multiplier_pct("s9", at, Some("饮料")), 500);
+        // Start inclusive, end exclusive.
+        assert_eq!(
+            rules.campaign_multiplier_pct("s1", "2026-12-01T00:00", None),
+            200
+        );
+        assert_eq!(
+            rules.campaign_multiplier_pct("s1", "2026-11-30T23:59", None),
+            100
+        );
+        assert_eq!(
+            rules.campaign_multiplier_pct("s1", "2026-12-08T00:00", None),
+            100
+        );
+        // The local minute is the store's: 2026-11-30T16:00Z is already December 1 at UTC+8.
+        let ms = 1_796_083_200_000; // 2026-12-01T00:00:00Z
+        assert_eq!(
+            local_minute(ms - 8 * 3_600_000, 8 * 3_600).unwrap(),
+            "2026-12-01T00:00"
+        );
+        assert_eq!(
+            local_minute(ms - 8 * 3_600_000, 0).unwrap(),
+            "2026-11-30T16:00"
+        );
+        // Order of the campaigns does not matter.
+        let mut reversed = rules.clone();
+        reversed.campaigns.reverse();
+        for category in [Some("饮料"), Some("零食"), None] {
+            assert_eq!(
+                reversed.campaign_multiplier_pct("s1", at, category),
+                rules.campaign_multiplier_pct("s1", at, category)
+            );
+        }
+    }
+
+    #[test]
+    fn excluded_categories_earn_nothing_and_lines_add_up() {
+        let rules = with_campaigns();
+        let tier = rules.tiers[0].clone();
+        let context = EarnContext {
+            store: "s1".into(),
+            local_minute: "2026-12-03T10:00".into(),
+            categories: vec![Some("饮料".into()), Some("烟草".into()), None],
+        };
+        let amounts = [Fen(1_000), Fen(2_000), Fen(500)];
+        // ¥10 drinks ×3, ¥20 tobacco ×0, ¥5 other ×2: 40 weighed yuan.
+        let points = rules
+            .line_points(&amounts, Fen(3_500), &tier, &context)
+            .unwrap();
+        assert_eq!(points, vec![30, 0, 10]);
+        // Half paid with points: the money shared out is half, and so are the points.
+        let points = rules
+            .line_points(&amounts, Fen(1_750), &tier, &context)
+            .unwrap();
+        assert_eq!(points.iter().sum::<i64>(), 20);
+        assert_eq!(points[1], 0);
+        // Out of the campaigns' dates only the exclusion is left.
+        let later = EarnContext {
+            local_minute: "2027-01-01T00:00".into(),
+            ..context
+        };
+        assert_eq!(
+            rules
+                .line_points(&amounts, Fen(3_500), &tier, &later)
+                .unwrap(),
+            vec![10, 0, 5]
+        );
+    }
+
+    #[test]
+    fn refunding_a_line_takes_back_its_own_points() {
+        let points = [30, 0, 10];
+        let qty = [3, 1, 2];
+        assert_eq!(line_points_back(&points, &qty, &[0, 0, 0], &[1, 0, 0]), 10);
+        assert_eq!(line_points_back(&points, &qty, &[1, 0, 0], &[3, 1, 0]), 20);
+        assert_eq!(line_points_back(&points, &qty, &[3, 1, 0], &[3, 1, 1]), 5);
+        assert_eq!(line_points_back(&points, &qty, &[0, 0, 0], &[3, 1, 2]), 40);
+    }
+
+    #[test]
+    fn bad_campaigns_and_exclusions_are_refused() {
+        let good = with_campaigns();
+        let refuse = |change: &dyn Fn(&mut Rules)| {
+            let mut rules = good.clone();
+            change(&mut rules);
+            assert!(rules.validate().is_err(), "{rules:?}");
+        };
+        refuse(&|r| r.campaigns[0].multiplier_pct = 99);
+        refuse(&|r| r.campaigns[0].multiplier_pct = 1_001);
+        refuse(&|r| r.campaigns[0].start = "2026-12-01".into());
+        refuse(&|r| r.campaigns[0].start = "2026-02-30T00:00".into());
+        refuse(&|r| r.campaigns[0].end = "2026-12-01T24:00".into());
+        refuse(&|r| r.campaigns[0].end = r.campaigns[0].start.clone());
+        refuse(&|r| r.campaigns[0].name = " ".into());
+        refuse(&|r| r.campaigns[0].categories = vec![String::new()]);
+        refuse(&|r| r.campaigns = vec![campaign("x", 200, &[], &[]); campaigns_max + 1]);
+        refuse(&|r| r.points_excluded_categories = vec!["a\u{7}b".into()]);
+    }
+
+    proptest::proptest! {
+        /// Without campaigns or exclusions the points are what they were before lines earned
+        /// one by one; with them, the lines always add up and excluded lines get nothing.
+        #[test]
+        fn line_points_add_up(
+            amounts in proptest::collection::vec(0i64..1_000_000, 1..12),
+            paid_permille in 0i64..=1_000,
+            tier_pct in 0i64..=1_000,
+            categories in proptest::collection::vec(0usize..4, 12),
+        ) {
+            let amounts: Vec<Fen> = amounts.into_iter().map(Fen).collect();
+            let total: i64 = amounts.iter().map(|a| a.0).sum();
+            let eligible = Fen(total * paid_permille / 1_000);
+            let tier = Tier { points_multiplier_pct: tier_pct, ..Rules::default().tiers[0].clone() };
+            let plain = Rules::default();
+            let points = plain.line_points(&amounts, eligible, &tier, &EarnContext::default()).unwrap();
+            proptest::prop_assert_eq!(points.iter().sum::<i64>(), plain.points_for(eligible, &tier).unwrap());
+            proptest::prop_assert!(points.iter().all(|p| *p >= 0));
+            let rules = with_campaigns();
+            let names = [None, Some("饮料"), Some("烟草"), Some("零食")];
+            let context = EarnContext {
+                store: "s1".into(),
+                local_minute: "2026-12-03T10:00".into(),
+                categories: categories.iter().take(amounts.len()).map(|c| names[*c].map(str::to_owned)).collect(),
+            };
+            let points = rules.line_points(&amounts, eligible, &tier, &context).unwrap();
+            proptest::prop_assert_eq!(points.len(), amounts.len());
+            for (points, category) in points.iter().zip(&context.categories) {
+                proptest::prop_assert!(*points >= 0);
+                if category.as_deref() == Some("烟草") {
+                    proptest::prop_assert_eq!(*points, 0);
+                }
+            }
+        }
     }
 }

@@ -90,6 +90,11 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
         2,
     )?;
     feed(
+        "sale_points",
+        "SELECT sale_id, rule_version, lines_json FROM sale_points ORDER BY sale_id",
+        3,
+    )?;
+    feed(
         "count_card_templates",
         "SELECT id, name, service, uses, price_fen, validity_days, active
          FROM count_card_templates ORDER BY id",

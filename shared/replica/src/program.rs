@@ -7,7 +7,7 @@ use chainsync_core::count_card::{
 use chainsync_core::hlc::HlcTimestamp;
 use chainsync_core::rules::v1::RulesV1;
 use chainsync_core::rules::{
-    InvalidRules, RechargeBonusStep, Rules, RulesDocument, SignupGift, Tier,
+    Campaign, InvalidRules, RechargeBonusStep, Rules, RulesDocument, SignupGift, Tier,
 };
 use chainsync_core::{Fen, StoreId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -213,6 +213,31 @@ pub struct RulesView {
     /// Absent or null: points never expire.
     #[serde(default)]
     pub points_expiry: Option<PointsExpiryView>,
+    /// Points campaigns; where several apply to a line, the highest multiplier applies.
+    #[serde(default)]
+    pub campaigns: Vec<CampaignView>,
+    /// Product categories whose lines earn no points.
+    #[serde(default)]
+    pub points_excluded_categories: Vec<String>,
+}
+
+/// A points campaign: lines earn `multiplier_pct` of their points (on top of the tier's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignView {
+    pub name: String,
+    /// The store's local time, `YYYY-MM-DDTHH:MM`, inclusive.
+    pub start: String,
+    /// The store's local time, `YYYY-MM-DDTHH:MM`, exclusive.
+    pub end: String,
+    /// 100 to 1000 (200 = double points).
+    pub multiplier_pct: i64,
+    /// Store ids; empty: every store.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// Product categories; empty: every line.
+    #[serde(default)]
+    pub categories: Vec<String>,
 }
 
 impl RulesView {
@@ -247,6 +272,19 @@ impl RulesView {
             },
             referral: ReferralRewardView::of(&rules.referral),
             points_expiry: rules.points_expiry.as_ref().map(PointsExpiryView::of),
+            campaigns: rules
+                .campaigns
+                .iter()
+                .map(|c| CampaignView {
+                    name: c.name.clone(),
+                    start: c.start.clone(),
+                    end: c.end.clone(),
+                    multiplier_pct: c.multiplier_pct,
+                    stores: c.stores.clone(),
+                    categories: c.categories.clone(),
+                })
+                .collect(),
+            points_excluded_categories: rules.points_excluded_categories.clone(),
         }
     }
 
@@ -291,6 +329,23 @@ impl RulesView {
                 .as_ref()
                 .map(PointsExpiryView::to_policy)
                 .transpose()?,
+            campaigns: self
+                .campaigns
+                .iter()
+                .map(|c| Campaign {
+                    name: c.name.trim().to_owned(),
+                    start: c.start.trim().to_owned(),
+                    end: c.end.trim().to_owned(),
+                    multiplier_pct: c.multiplier_pct,
+                    stores: c.stores.iter().map(|s| s.trim().to_owned()).collect(),
+                    categories: c.categories.iter().map(|s| s.trim().to_owned()).collect(),
+                })
+                .collect(),
+            points_excluded_categories: self
+                .points_excluded_categories
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .collect(),
         };
         rules.validate()?;
         Ok(rules)
@@ -948,6 +1003,42 @@ pub fn member_feedback(
         },
     )?;
     rows.collect()
+}
+
+/// Points earned per line of a sale (`SalePoints`).
+pub const schema_v6: &str = r#"
+CREATE TABLE sale_points (
+    sale_id TEXT PRIMARY KEY,
+    rule_version INTEGER NOT NULL,
+    lines_json TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Written once, with its sale, by the selling store: the first one held is kept (a second
+/// one for a sale is never written, so any order gives the same row).
+pub fn project_sale_points(
+    conn: &Connection,
+    points: &chainsync_core::op::SalePoints,
+) -> rusqlite::Result<()> {
+    let lines = serde_json::to_string(&points.lines).unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO sale_points (sale_id, rule_version, lines_json) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        points.sale_id.to_string(),
+        i64::from(points.rule_version),
+        lines
+    ])?;
+    Ok(())
+}
+
+/// A sale's points per line, if it recorded them.
+pub fn sale_line_points(conn: &Connection, sale_id: Uuid) -> rusqlite::Result<Option<Vec<i64>>> {
+    let lines: Option<String> = conn
+        .prepare_cached("SELECT lines_json FROM sale_points WHERE sale_id = ?1")?
+        .query_row([sale_id.to_string()], |row| row.get(0))
+        .optional()?;
+    Ok(lines.and_then(|lines| serde_json::from_str(&lines).ok()))
 }
 
 #[cfg(test)]

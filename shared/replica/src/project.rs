@@ -43,7 +43,8 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::Feedback(feedback)) => Some(feedback.member_id),
         Op::V1(OpV1::CouponTemplateUpsertV2(_))
         | Op::V1(OpV1::LotteryUpsert(_))
-        | Op::V1(OpV1::RulesSetV2(_)) => None,
+        | Op::V1(OpV1::RulesSetV2(_))
+        | Op::V1(OpV1::SalePoints(_)) => None,
         Op::V1(OpV1::CouponIssueV2(coupon)) => coupon.member_id,
         Op::V1(OpV1::CouponTransfer(transfer)) => Some(transfer.to_member),
         Op::V1(OpV1::LotteryDraw(draw)) => Some(draw.member_id),
@@ -410,6 +411,7 @@ pub fn project_recorded(
         Op::V1(OpV1::RulesSetV2(document)) => {
             crate::program::project_rules_document(conn, document)?
         }
+        Op::V1(OpV1::SalePoints(points)) => crate::program::project_sale_points(conn, points)?,
         Op::V1(OpV1::CountCardTemplateUpsert(template)) => {
             crate::program::project_count_card_template(
                 conn,

@@ -375,6 +375,7 @@ pub fn sale_view(store_id: &str, sale: &SaleRecord, refunded: bool) -> CheckoutV
                 qty: line.qty,
                 unit_price_fen: line.unit_price.0,
                 amount_fen: line.amount.0,
+                points_earned: None,
             })
             .collect(),
         payments: sale
@@ -391,6 +392,7 @@ pub fn sale_view(store_id: &str, sale: &SaleRecord, refunded: bool) -> CheckoutV
         points_earned: sale.points_earned,
         points_used,
         tier: sale.tier.clone(),
+        rule_version: sale.rule_version,
         balance_fen: None,
         points: None,
         refunded,
@@ -450,7 +452,19 @@ pub fn checkout(
     let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
     let refunded = refunded_fen != 0 || has_refund(conn, id)?;
     let _ = store_id;
-    Ok(Some(sale_view(&origin, &sale, refunded)))
+    let mut view = sale_view(&origin, &sale, refunded);
+    add_line_points(conn, &mut view)?;
+    Ok(Some(view))
+}
+
+/// Each line's points, when the sale recorded them (`SalePoints`).
+pub fn add_line_points(conn: &Connection, view: &mut CheckoutView) -> rusqlite::Result<()> {
+    if let Some(points) = crate::program::sale_line_points(conn, view.id)? {
+        for (line, points) in view.lines.iter_mut().zip(points) {
+            line.points_earned = Some(points);
+        }
+    }
+    Ok(())
 }
 
 pub fn has_refund(conn: &Connection, sale_id: Uuid) -> rusqlite::Result<bool> {
@@ -472,7 +486,9 @@ pub fn checkouts(conn: &Connection, limit: usize) -> Result<Vec<CheckoutView>, A
         let origin: String = row.get(1)?;
         let refunded: bool = row.get(2)?;
         let sale: SaleRecord = postcard::from_bytes(&body).map_err(ApiError::internal)?;
-        list.push(sale_view(&origin, &sale, refunded));
+        let mut view = sale_view(&origin, &sale, refunded);
+        add_line_points(conn, &mut view)?;
+        list.push(view);
     }
     Ok(list)
 }

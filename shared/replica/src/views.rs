@@ -251,6 +251,10 @@ pub struct CheckoutLineView {
     pub qty: i64,
     pub unit_price_fen: i64,
     pub amount_fen: i64,
+    /// Points this line earned (campaigns and category exclusions applied; a refund of the
+    /// line takes them back). On checkouts where a member earned points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_earned: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -267,6 +271,9 @@ pub struct CheckoutView {
     pub points_earned: i64,
     pub points_used: i64,
     pub tier: String,
+    /// The version of the rules that priced it and decided its points.
+    #[serde(default)]
+    pub rule_version: u32,
     /// The member's stored value after this checkout (only in the checkout response).
     pub balance_fen: Option<i64>,
     /// The member's points after this checkout (only in the checkout response).

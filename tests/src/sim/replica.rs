@@ -260,6 +260,7 @@ impl Projection {
             OpV1::ProductUpsert(_)
             | OpV1::RulesSet(_)
             | OpV1::RulesSetV2(_)
+            | OpV1::SalePoints(_)
             | OpV1::RefundLines(_)
             | OpV1::GiftUpsert(_)
             | OpV1::GiftRedeem(_)

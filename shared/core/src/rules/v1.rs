@@ -72,8 +72,7 @@ impl From<RulesV1> for super::Rules {
                 stored_value: old.signup.stored_value,
                 coupon_template: old.signup.coupon_template,
             },
-            referral: Default::default(),
-            points_expiry: None,
+            ..super::Rules::default()
         }
     }
 }
