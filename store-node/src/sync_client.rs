@@ -4,7 +4,8 @@
 
 use chainsync_core::StoreId;
 use chainsync_core::sync::{
-    AuthorizeDecision, AuthorizeRequest, Message, StoreSession, StoreSessionState, SyncError,
+    AuthorizeDecision, AuthorizeRequest, Fallback, Message, StoreSession, StoreSessionState,
+    SyncError,
 };
 use serde::Serialize;
 use std::collections::HashMap;
@@ -177,10 +178,12 @@ impl SyncClient {
         };
         endpoint.set_default_client_config(self.client_config.clone());
         let mut delay_ms = reconnect_delay_min_ms;
+        // What the next session does differently after a compact batch failed.
+        let mut fallback = Fallback::default();
         loop {
             self.set_status(LinkState::Connecting, None);
             let outcome = tokio::select! {
-                outcome = self.session_once(&endpoint, &mut authorizations) => outcome,
+                outcome = self.session_once(&endpoint, &mut authorizations, &mut fallback) => outcome,
                 _ = shutdown.changed() => break,
             };
             match outcome {
@@ -211,6 +214,7 @@ impl SyncClient {
         &self,
         endpoint: &quinn::Endpoint,
         authorizations: &mut mpsc::Receiver<AuthorizationJob>,
+        fallback: &mut Fallback,
     ) -> Result<(), SessionEnd> {
         let offline = |error: String| SessionEnd {
             error,
@@ -248,7 +252,7 @@ impl SyncClient {
             writer: self.writer.clone(),
         };
         let mut session = tokio::task::block_in_place(|| {
-            StoreSession::new(self.store.clone(), &side, crate::now_ms())
+            StoreSession::resuming(self.store.clone(), &side, crate::now_ms(), *fallback)
         })
         .map_err(|e| offline(e.to_string()))?;
         let (mut incoming, reader_task) = chainsync_net::frame::spawn_reader(recv);
@@ -318,6 +322,22 @@ impl SyncClient {
         .await;
         reader_task.abort();
         connection.close(quinn::VarInt::from_u32(0), b"");
+        let next = session.fallback();
+        if next.push_whole_through > fallback.push_whole_through {
+            tracing::warn!(
+                hub = %self.hub_addr,
+                through_seq = next.push_whole_through,
+                "the hub refused a compact batch of ours: the next session sends our operations up to this sequence with member changes whole"
+            );
+        }
+        if next.relay_whole_through > fallback.relay_whole_through {
+            tracing::warn!(
+                hub = %self.hub_addr,
+                through_hub_seq = next.relay_whole_through,
+                "a compact batch relayed by the hub did not re-expand here: the next sessions offer protocol 2 (member changes whole) until our relay cursor passes this log position"
+            );
+        }
+        *fallback = next;
         result.map_err(|e| SessionEnd {
             error: e.to_string(),
             was_online,

@@ -22,7 +22,10 @@
 //! ([`compact`]: dependency hashes cut to prefixes, no actor), re-expanded by the receiving
 //! session to the exact original bytes before anything else sees them (storage, relays and
 //! digests only ever see whole changes). Each side sends the newer forms only to a peer that
-//! offered that version in the handshake.
+//! offered that version in the handshake. A compact batch that fails is not sent compact
+//! again: the store's next session sends the refused push's operations whole (still version
+//! 3) or, if a relayed batch did not re-expand at the store, offers version 2 until past it
+//! ([`Fallback`]), so a store does not fail the same way on every reconnect.
 //!
 //! Both directions keep at most `sync_window_batches_max` batches unacknowledged. Every step is
 //! idempotent: duplicates are ignored by `(origin, seq)` and cursors only move forward, so a
@@ -438,6 +441,31 @@ impl Window {
     }
 }
 
+/// What a store carries from one session to the next after a compact batch failed, so that
+/// the next session does not fail the same way forever (the driver keeps it across
+/// reconnects; it only ever grows, and is all zero until something failed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The hub refused a batch of ours that travelled compact: our operations up to this
+    /// sequence go with their member changes whole (`PushCompact` holding `Full` operations,
+    /// still protocol 3), later ones compact again.
+    pub push_whole_through: u64,
+    /// A compact relayed batch did not re-expand here: sessions offer protocol 2 (the hub
+    /// then relays member changes whole) until our relay cursor passes this log position.
+    pub relay_whole_through: u64,
+}
+
+impl Fallback {
+    /// The version a session should offer, given our relay cursor.
+    pub fn version_to_offer(&self, relay_cursor: u64) -> u16 {
+        if relay_cursor < self.relay_whole_through {
+            protocol_version_current.min(2)
+        } else {
+            protocol_version_current
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreSessionState {
     /// Hello sent, no Welcome yet: the link does not count as up.
@@ -461,6 +489,7 @@ pub struct StoreSession {
     replies: VecDeque<(u64, AuthorizeDecision)>,
     /// The version this session speaks: what we offered, then what the hub's Welcome said.
     version: u16,
+    fallback: Fallback,
 }
 
 impl StoreSession {
@@ -470,6 +499,21 @@ impl StoreSession {
         now_ms: u64,
     ) -> Result<StoreSession, SyncError> {
         Self::speaking(protocol_version_current, store_id, side, now_ms)
+    }
+
+    /// A session after earlier ones failed on compact batches: offers protocol 2 while
+    /// `fallback` asks for relayed member changes whole, and sends the operations it names
+    /// with their member changes whole. Read [`StoreSession::fallback`] when it ends.
+    pub fn resuming<S: StoreSide>(
+        store_id: StoreId,
+        side: &S,
+        now_ms: u64,
+        fallback: Fallback,
+    ) -> Result<StoreSession, SyncError> {
+        let version = fallback.version_to_offer(side.relay_cursor().map_err(storage)?);
+        let mut session = Self::speaking(version, store_id, side, now_ms)?;
+        session.fallback = fallback;
+        Ok(session)
     }
 
     /// A session offering protocol `version` (an older store, in tests of rolling upgrades).
@@ -498,7 +542,15 @@ impl StoreSession {
             outbox: VecDeque::from([Message::V1(hello)]),
             replies: VecDeque::new(),
             version,
+            fallback: Fallback::default(),
         })
+    }
+
+    /// What the next session should do differently (carry it into [`StoreSession::resuming`]):
+    /// grown when the hub refused a compact batch of ours or a compact relayed batch did not
+    /// re-expand here.
+    pub fn fallback(&self) -> Fallback {
+        self.fallback
     }
 
     pub fn state(&self) -> StoreSessionState {
@@ -563,6 +615,15 @@ impl StoreSession {
         };
         match (self.state, message) {
             (_, MessageV1::Refused { reason, message }) => {
+                // The hub refuses a compact change it cannot re-expand as an invalid
+                // operation; the next session sends what was in flight whole.
+                if reason == RefuseReason::InvalidOperation
+                    && self.version >= 3
+                    && self.pushed_upto > self.hub_acked
+                {
+                    self.fallback.push_whole_through =
+                        self.fallback.push_whole_through.max(self.pushed_upto);
+                }
                 Err(SyncError::Refused { reason, message })
             }
             (
@@ -683,6 +744,7 @@ impl StoreSession {
                 .unzip();
             let (expanded, failed) = expand_batch(wire, &[], |member| side.member_changes(member))?;
             if let Some((_, problem)) = failed.into_iter().next() {
+                self.fallback.relay_whole_through = self.fallback.relay_whole_through.max(upto);
                 return Err(SyncError::Protocol(format!(
                     "relayed batch ({from}, {upto}] refused: {problem}"
                 )));
@@ -742,7 +804,26 @@ impl StoreSession {
             let Some(last) = ops.last() else { break };
             self.pushed_upto = last.seq;
             self.push_window.in_flight.push_back(last.seq);
-            self.outbox.push_back(Message::V1(MessageV1::Push { ops }));
+            let whole_through = self.fallback.push_whole_through;
+            let message =
+                if self.version >= 3 && ops.first().is_some_and(|op| op.seq <= whole_through) {
+                    // A batch the hub refused compact: its operations up to the mark go whole.
+                    MessageV1::PushCompact {
+                        ops: ops
+                            .into_iter()
+                            .map(|op| {
+                                if op.seq <= whole_through {
+                                    WireOp::Full(op)
+                                } else {
+                                    compact::compact(&op)
+                                }
+                            })
+                            .collect(),
+                    }
+                } else {
+                    MessageV1::Push { ops }
+                };
+            self.outbox.push_back(Message::V1(message));
         }
         Ok(())
     }

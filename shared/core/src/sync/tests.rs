@@ -816,6 +816,190 @@ fn a_store_refuses_a_relayed_compact_change_it_cannot_re_expand() {
     assert_eq!(b.relay_cursor, 0);
 }
 
+/// Run `store_session` against a new hub session over the encoder and decoder until nothing
+/// moves or the store's session fails (a hub's refusal is delivered to the store first).
+/// Returns what the store sent, decoded plain, and how the store's session ended.
+fn drive(
+    mut store_session: StoreSession,
+    store: &mut MemoryStore,
+    hub: &mut MemoryHub,
+) -> (Vec<Message>, StoreSession, Result<(), SyncError>) {
+    let mut hub_session = HubSession::new(store.store_id.clone(), 0);
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        let mut moved = false;
+        while let Some(message) = store_session.poll_transmit() {
+            moved = true;
+            let bytes = message.encode_for(store_session.peer_version());
+            sent.push(unpacked(&bytes));
+            if hub_session.state() != HubSessionState::Closed {
+                // A refusal is queued for the store; it is delivered below.
+                let _ = hub_session.handle_message(Message::decode(&bytes).unwrap(), hub, 0);
+            }
+        }
+        while let Some(message) = hub_session.poll_transmit() {
+            moved = true;
+            let bytes = message.encode_for(hub_session.peer_version());
+            if let Err(e) = store_session.handle_message(Message::decode(&bytes).unwrap(), store, 0)
+            {
+                return (sent, store_session, Err(e));
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    (sent, store_session, Ok(()))
+}
+
+/// The member changes a store sent whole and compact.
+fn member_changes_sent(sent: &[Message]) -> (usize, usize) {
+    let (mut whole, mut compact) = (0, 0);
+    for message in sent {
+        let ops: Vec<&WireOp> = match message {
+            Message::V1(MessageV1::PushCompact { ops }) => ops.iter().collect(),
+            Message::V1(MessageV1::Push { ops }) => {
+                whole += ops
+                    .iter()
+                    .filter(|e| matches!(e.op, Op::V1(OpV1::MemberChange { .. })))
+                    .count();
+                continue;
+            }
+            _ => continue,
+        };
+        for op in ops {
+            match op {
+                WireOp::Full(envelope) => {
+                    if matches!(envelope.op, Op::V1(OpV1::MemberChange { .. })) {
+                        whole += 1;
+                    }
+                }
+                WireOp::Member(_) => compact += 1,
+            }
+        }
+    }
+    (whole, compact)
+}
+
+#[test]
+fn a_store_whose_compact_push_is_refused_resends_it_whole_in_the_next_session() {
+    let mut a = MemoryStore::new(store_id("a"));
+    let mut b = MemoryStore::new(store_id("b"));
+    member_edits(&mut a, &mut b, 3, 6);
+    let mut hub = MemoryHub::default();
+    // The hub holds none of b's edits' dependencies (a's creations): compact, they cannot
+    // re-expand there, so every session that sends them compact is refused.
+    let mut fallback = Fallback::default();
+    for _ in 0..2 {
+        let session = StoreSession::new(b.store_id.clone(), &b, 0).unwrap();
+        let (_, session, ended) = drive(session, &mut b, &mut hub);
+        fallback = session.fallback();
+        assert!(
+            matches!(
+                ended,
+                Err(SyncError::Refused {
+                    reason: RefuseReason::InvalidOperation,
+                    ..
+                })
+            ),
+            "{ended:?}"
+        );
+        assert!(hub.log.is_empty());
+        assert_eq!(session.fallback().push_whole_through, b.own_max());
+    }
+    assert_eq!(fallback.relay_whole_through, 0);
+    // Resumed with the fallback: the refused operations go whole, still at version 3.
+    let session = StoreSession::resuming(b.store_id.clone(), &b, 0, fallback).unwrap();
+    let (sent, session, ended) = drive(session, &mut b, &mut hub);
+    ended.unwrap();
+    assert_eq!(session.peer_version(), protocol_version_current);
+    assert_eq!(member_changes_sent(&sent), (6, 0));
+    assert_eq!(hub.acked_seq(&b.store_id).unwrap(), b.own_max());
+    let at_hub: Vec<Envelope> = hub.log.clone();
+    assert_eq!(at_hub, b.own_ops_after(0, 256).unwrap());
+    // Later operations travel compact again: a new edit at b depends on b's last edit of
+    // that member, which the hub now holds.
+    let last = b.own_ops_after(0, 256).unwrap().pop().unwrap();
+    let Op::V1(OpV1::MemberChange { member_id, .. }) = &last.op else {
+        panic!("expected a member change")
+    };
+    let creations = a.ops.values().filter(|envelope| envelope.seq <= 3);
+    let changes = crate::sync_memory::member_changes_in(creations.chain(b.ops.values()), member_id);
+    let mut doc = crate::member::MemberDoc::from_changes(&b.store_id, &changes).unwrap();
+    let patch = crate::member::ProfilePatch {
+        note: Some(Some("after the fallback".into())),
+        ..Default::default()
+    };
+    let change = doc.edit(&patch, 100).unwrap().unwrap();
+    let seq = b.own_max() + 1;
+    b.write_local(member_envelope(
+        &b.store_id,
+        seq,
+        100,
+        member_id.as_u128(),
+        change,
+    ));
+    let session = StoreSession::resuming(b.store_id.clone(), &b, 0, fallback).unwrap();
+    let (sent, _, ended) = drive(session, &mut b, &mut hub);
+    ended.unwrap();
+    assert_eq!(member_changes_sent(&sent), (0, 1));
+    assert_eq!(hub.acked_seq(&b.store_id).unwrap(), seq);
+    assert_eq!(hub.log.last(), b.own_ops_after(seq - 1, 1).unwrap().first());
+}
+
+#[test]
+fn a_store_that_cannot_re_expand_a_relayed_compact_batch_asks_for_version_2_until_past_it() {
+    let mut a = MemoryStore::new(store_id("a"));
+    let mut b = MemoryStore::new(store_id("b"));
+    member_edits(&mut a, &mut b, 2, 4);
+    let mut hub = MemoryHub::default();
+    session_over_the_wire(protocol_version_current, &mut a, &mut hub);
+    // b has lost a's creations (log positions 1 and 2) but its cursor says it holds them: the
+    // edits after them, relayed compact, do not re-expand at b.
+    b.relay_cursor = 2;
+    let head = hub.log_head().unwrap();
+    for _ in 0..2 {
+        let session = StoreSession::new(b.store_id.clone(), &b, 0).unwrap();
+        let (_, session, ended) = drive(session, &mut b, &mut hub);
+        assert!(
+            matches!(ended, Err(SyncError::Protocol(ref m)) if m.contains("refused")),
+            "{ended:?}"
+        );
+        assert_eq!(b.relay_cursor, 2);
+        assert_eq!(session.fallback().relay_whole_through, head);
+    }
+    let fallback = Fallback {
+        push_whole_through: 0,
+        relay_whole_through: head,
+    };
+    assert_eq!(fallback.version_to_offer(b.relay_cursor), 2);
+    let session = StoreSession::resuming(b.store_id.clone(), &b, 0, fallback).unwrap();
+    let (sent, session, ended) = drive(session, &mut b, &mut hub);
+    ended.unwrap();
+    assert!(matches!(
+        sent.first(),
+        Some(Message::V1(MessageV1::Hello {
+            protocol_version: 2,
+            ..
+        }))
+    ));
+    assert_eq!(session.peer_version(), 2);
+    // (b's own pushes, now in the log after a's, move its cursor too.)
+    assert_eq!(b.relay_cursor, hub.log_head().unwrap());
+    for envelope in &hub.log[2..] {
+        assert_eq!(
+            b.ops.get(&(envelope.origin.clone(), envelope.seq)),
+            Some(envelope)
+        );
+    }
+    assert_eq!(hub.acked_seq(&b.store_id).unwrap(), b.own_max());
+    // Past the batch, sessions speak the current version again.
+    assert_eq!(
+        fallback.version_to_offer(b.relay_cursor),
+        protocol_version_current
+    );
+}
+
 mod compact_properties {
     use super::*;
     use crate::member::{MemberDoc, ProfilePatch};
