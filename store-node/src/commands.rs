@@ -660,11 +660,10 @@ pub fn checkout_as(
     let (tier, balances) = match member_id {
         Some(member_id) => {
             let balances = read::balances(conn, member_id)?.ok_or_else(ApiError::unknown_member)?;
-            let spend = read::spend_12m(conn, member_id, now_ms)?;
-            (
-                Some(local.rules.tier_for_spend(spend).clone()),
-                Some(balances),
-            )
+            // The tier before this checkout: a checkout that crosses a threshold is priced in
+            // the old tier, the next one in the new tier.
+            let tier = read::member_tier(conn, member_id, &local.rules, now_ms)?;
+            (Some(tier), Some(balances))
         }
         None => (None, None),
     };

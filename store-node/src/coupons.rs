@@ -168,8 +168,7 @@ pub fn precheck(
     let tier = match member_id {
         Some(member) => {
             let rules = chainsync_replica::program::rules(conn)?;
-            let spend = read::spend_12m(conn, member, now_ms)?;
-            Some(rules.tier_for_spend(spend).clone())
+            Some(read::member_tier(conn, member, &rules, now_ms)?)
         }
         None => None,
     };

@@ -11,8 +11,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use chainsync_core::Fen;
-use chainsync_core::rules::{Rules, tier_window_ms};
+use chainsync_core::rules::Rules;
 use chainsync_replica::api::ApiError;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
@@ -205,27 +204,21 @@ pub struct SearchPage {
     pub total: u64,
 }
 
-/// Tiers of members with spend over the 365 days before `now_ms` (others: the lowest tier).
+/// Tiers of members with entries that count for their tier at `now_ms` (others: the lowest
+/// tier), in one pass over those entries.
 fn tiers(
     conn: &Connection,
     rules: &Rules,
     now_ms: u64,
 ) -> rusqlite::Result<HashMap<String, String>> {
-    let since = now_ms.saturating_sub(tier_window_ms) as i64;
-    let mut statement = conn.prepare(
-        "SELECT COALESCE(m.merged_into, s.member_id), SUM(s.total_fen - s.refunded_fen)
-         FROM sales s LEFT JOIN members m ON m.id = s.member_id
-         WHERE s.at_ms >= ?1 AND s.member_id IS NOT NULL GROUP BY 1",
-    )?;
-    let rows = statement.query_map([since], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-    })?;
-    let mut map = HashMap::new();
-    for row in rows {
-        let (id, spend) = row?;
-        map.insert(id, rules.tier_for_spend(Fen(spend)).name.clone());
-    }
-    Ok(map)
+    let since =
+        chainsync_core::tiers::entries_since_ms(rules.tier_downgrade, &rules.tier_period, now_ms);
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let entries = chainsync_replica::read::all_tier_entries(conn, rules, since, i64::MAX)?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, entries)| (id, rules.tier_at(&entries, now_ms).name.clone()))
+        .collect())
 }
 
 pub fn search(
@@ -309,7 +302,7 @@ pub fn search(
     } else {
         format!("WHERE {}", conditions.join(" AND "))
     };
-    let lowest = rules.tier_for_spend(Fen(0)).name.clone();
+    let lowest = rules.lowest_tier().name.clone();
     let wanted = query
         .tier
         .as_deref()
@@ -341,8 +334,7 @@ pub fn search(
             Some(_) => tiers.get(&id).unwrap_or(&lowest).clone(),
             None => {
                 let uuid = uuid::Uuid::parse_str(&id).map_err(ApiError::internal)?;
-                let spend = chainsync_replica::read::spend_12m(conn, uuid, now_ms)?;
-                rules.tier_for_spend(spend).name.clone()
+                chainsync_replica::read::member_tier(conn, uuid, rules, now_ms)?.name
             }
         };
         if let Some(wanted) = wanted {

@@ -3,6 +3,8 @@
 
 use chainsync_core::Fen;
 use chainsync_core::rules::{Rules, tier_window_ms};
+use chainsync_core::tiers::{self, MetricEntry, TierDowngrade, TierMetric};
+use chainsync_replica::read;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Deserialize;
@@ -88,20 +90,80 @@ pub fn indexed_members(
     Ok(members)
 }
 
-/// The tier of each member with spend in the 365 days before `as_of_ms`, through the rules
-/// (members without spend there are in `rules.tier_for_spend(0)`).
+/// The tier of each canonical member with entries that count for its tier as of `as_of_ms`
+/// (exclusive: what happened before it), through the rules (members without any are in the
+/// lowest tier). One pass over the window's sales (default: spend, rolling, the report index
+/// alone) or over the points entries that can matter, then the pure `Rules::tier_at` per
+/// member: never one query per member.
 pub fn tiers_as_of(
     conn: &Connection,
     rules: &Rules,
     as_of_ms: i64,
 ) -> rusqlite::Result<(HashMap<Uuid, String>, String)> {
-    let since = as_of_ms - tier_window_ms as i64;
-    let stats = window_stats(conn, since, as_of_ms)?;
-    let tiers = stats
+    let lowest = rules.lowest_tier().name.clone();
+    let rolling_spend =
+        rules.tier_metric == TierMetric::Spend && rules.tier_downgrade == TierDowngrade::Rolling;
+    if rolling_spend {
+        let since = as_of_ms - tier_window_ms as i64;
+        let stats = window_stats(conn, since, as_of_ms)?;
+        let tiers = stats
+            .into_iter()
+            .map(|(id, s)| (id, rules.tier_for_spend(Fen(s.spend_fen)).name.clone()))
+            .collect();
+        return Ok((tiers, lowest));
+    }
+    // The instant asked about is the last millisecond before `as_of_ms`.
+    let now_ms = as_of_ms.saturating_sub(1).max(0) as u64;
+    let since = tiers::entries_since_ms(rules.tier_downgrade, &rules.tier_period, now_ms);
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let entries = match rules.tier_metric {
+        TierMetric::Spend => spend_entries(conn, since, as_of_ms)?,
+        TierMetric::Points => {
+            let merged = merged_members(conn)?;
+            let mut by_member: HashMap<Uuid, Vec<MetricEntry>> = HashMap::new();
+            for (id, entries) in read::all_tier_entries(conn, rules, since, as_of_ms)? {
+                let Ok(id) = Uuid::parse_str(&id) else {
+                    continue;
+                };
+                let id = merged.get(&id).copied().unwrap_or(id);
+                by_member.entry(id).or_default().extend(entries);
+            }
+            by_member
+        }
+    };
+    let tiers = entries
         .into_iter()
-        .map(|(id, s)| (id, rules.tier_for_spend(Fen(s.spend_fen)).name.clone()))
+        .map(|(id, entries)| (id, rules.tier_at(&entries, now_ms).name.clone()))
         .collect();
-    Ok((tiers, rules.tier_for_spend(Fen(0)).name.clone()))
+    Ok((tiers, lowest))
+}
+
+/// Per canonical member, its sales with `start_ms <= at_ms < end_ms` as tier metric entries
+/// (net of refunds), from the `report_sales_window` index alone.
+fn spend_entries(
+    conn: &Connection,
+    start_ms: i64,
+    end_ms: i64,
+) -> rusqlite::Result<HashMap<Uuid, Vec<MetricEntry>>> {
+    let merged = merged_members(conn)?;
+    let mut statement = conn.prepare_cached(
+        "SELECT member_id, total_fen - refunded_fen, at_ms FROM sales INDEXED BY report_sales_window
+         WHERE at_ms >= ?1 AND at_ms < ?2 AND member_id IS NOT NULL",
+    )?;
+    let mut rows = statement.query((start_ms, end_ms))?;
+    let mut entries: HashMap<Uuid, Vec<MetricEntry>> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let id = row.get_ref(0)?.as_str().unwrap_or_default();
+        let Ok(id) = Uuid::parse_str(id) else {
+            continue;
+        };
+        let id = merged.get(&id).copied().unwrap_or(id);
+        entries.entry(id).or_default().push(MetricEntry {
+            at_ms: row.get::<_, i64>(2)?.max(0) as u64,
+            amount: row.get(1)?,
+        });
+    }
+    Ok(entries)
 }
 
 /// `GET /api/v1/member-search`.
@@ -333,8 +395,9 @@ pub fn search(
                 tier.clone()
             }
             None => {
-                let spend = chainsync_replica::read::spend_12m(conn, uuid, now_ms).map_err(db)?;
-                rules.tier_for_spend(spend).name.clone()
+                read::member_tier(conn, uuid, rules, now_ms)
+                    .map_err(db)?
+                    .name
             }
         };
         let home_store: String = row.get(1).map_err(db)?;

@@ -13,6 +13,7 @@
 //! - [`referral`]: referrals (老带新) and their once-only rewards with derived entry ids.
 //! - [`points_expiry`]: the points expiry policy, oldest-first spending and expired amounts.
 //! - [`rules`]: tiers, recharge bonus and points rules with their defaults.
+//! - [`tiers`]: a member's tier from its entries (spend or points, downgrade policies).
 //! - [`allowance`]: offline spending limits and the hub's book of online grants.
 //! - [`coupon`]: coupon templates and rules, redemption checks, transfers, the lottery wheel.
 //! - [`count_card`]: count cards (templates, purchases, uses) and their overuse exception.
@@ -50,6 +51,7 @@ pub mod rules;
 pub mod stock;
 pub mod sync;
 pub mod sync_memory;
+pub mod tiers;
 
 pub use hlc::{Hlc, HlcTimestamp};
 pub use id::{IdGenerator, StoreId};

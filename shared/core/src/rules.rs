@@ -46,6 +46,10 @@ pub struct Tier {
     pub discount_bp: i64,
     /// Points multiplier in percent (100 = ×1).
     pub points_multiplier_pct: i64,
+    /// Points earned over the rolling 12 months needed to reach this tier, when the rule set's
+    /// `tier_metric` is `points` (see [`crate::tiers`]). Default 0 (unused with `spend`).
+    #[serde(default)]
+    pub points_threshold: i64,
 }
 
 /// "Recharge at least `min_amount`, get `bonus_bp` extra."
@@ -85,6 +89,16 @@ pub struct Rules {
     /// Product categories whose lines earn no points; none by default.
     #[serde(default)]
     pub points_excluded_categories: Vec<String>,
+    /// What tier thresholds compare with: rolling 12-month `spend` (default) or `points`
+    /// earned (see [`crate::tiers`]).
+    #[serde(default)]
+    pub tier_metric: crate::tiers::TierMetric,
+    /// When a tier may go down: `rolling` (default), `period_end` or `never`.
+    #[serde(default)]
+    pub tier_downgrade: crate::tiers::TierDowngrade,
+    /// The periods of `period_end` (default: the calendar year at UTC+8).
+    #[serde(default)]
+    pub tier_period: crate::tiers::TierPeriod,
 }
 
 /// "From `start` to `end` (the store's local time), lines earn `multiplier_pct` of their
@@ -185,6 +199,7 @@ impl Default for Rules {
             spend_threshold: Fen(yuan * 100),
             discount_bp,
             points_multiplier_pct: 100,
+            points_threshold: 0,
         };
         Rules {
             version: 1,
@@ -205,6 +220,9 @@ impl Default for Rules {
             points_expiry: None,
             campaigns: Vec::new(),
             points_excluded_categories: Vec::new(),
+            tier_metric: crate::tiers::TierMetric::Spend,
+            tier_downgrade: crate::tiers::TierDowngrade::Rolling,
+            tier_period: crate::tiers::TierPeriod::default(),
         }
     }
 }
@@ -217,8 +235,12 @@ impl Rules {
         if self.tiers.is_empty() || self.tiers.len() > tiers_max {
             return bad("tiers: 1 to 16 tiers");
         }
-        if self.tiers[0].spend_threshold != Fen::ZERO {
+        let by_points = self.tier_metric == crate::tiers::TierMetric::Points;
+        if !by_points && self.tiers[0].spend_threshold != Fen::ZERO {
             return bad("tiers: the first tier starts at 0");
+        }
+        if by_points && self.tiers[0].points_threshold != 0 {
+            return bad("tiers: the first tier starts at 0 points");
         }
         for (index, tier) in self.tiers.iter().enumerate() {
             let name = tier.name.trim();
@@ -228,7 +250,18 @@ impl Rules {
             if !(0..=money_max).contains(&tier.spend_threshold.0) {
                 return bad("tiers: spend_threshold out of range");
             }
-            if index > 0 && tier.spend_threshold <= self.tiers[index - 1].spend_threshold {
+            if !(0..=crate::tiers::points_threshold_max).contains(&tier.points_threshold) {
+                return bad("tiers: points_threshold is 0 to 1000000000");
+            }
+            let previous = index.checked_sub(1).and_then(|i| self.tiers.get(i));
+            let goes_up = previous.is_none_or(|previous| {
+                if by_points {
+                    tier.points_threshold > previous.points_threshold
+                } else {
+                    tier.spend_threshold > previous.spend_threshold
+                }
+            });
+            if !goes_up {
                 return bad("tiers: thresholds must go up strictly");
             }
             if !(0..=10_000).contains(&tier.discount_bp) {
@@ -299,6 +332,9 @@ impl Rules {
                 );
             }
         }
+        if let Err(message) = self.tier_period.validate() {
+            return bad(message);
+        }
         if self.points_excluded_categories.len() > rule_names_max
             || !self.points_excluded_categories.iter().all(|c| name_ok(c))
         {
@@ -307,7 +343,7 @@ impl Rules {
         Ok(())
     }
 
-    /// The tier a member with this rolling 12-month spend is in.
+    /// The tier a member with this rolling 12-month spend is in (thresholds on spend).
     pub fn tier_for_spend(&self, spend: Fen) -> &Tier {
         self.tiers
             .iter()
@@ -315,6 +351,34 @@ impl Rules {
             .find(|tier| spend >= tier.spend_threshold)
             .or_else(|| self.tiers.first())
             .unwrap_or(&DEFAULT_TIER)
+    }
+
+    /// The tier for a value of this rule set's tier metric (分 of spend or points earned).
+    pub fn tier_for_metric(&self, value: i64) -> &Tier {
+        match self.tier_metric {
+            crate::tiers::TierMetric::Spend => self.tier_for_spend(Fen(value)),
+            crate::tiers::TierMetric::Points => self
+                .tiers
+                .iter()
+                .rev()
+                .find(|tier| value >= tier.points_threshold)
+                .or_else(|| self.tiers.first())
+                .unwrap_or(&DEFAULT_TIER),
+        }
+    }
+
+    /// The tier of a member at `now_ms`, from the member's contributions to the tier metric
+    /// (every one that may matter: from [`crate::tiers::entries_since_ms`] on), through the
+    /// metric and downgrade policy of this rule set. Pure; see [`crate::tiers`].
+    pub fn tier_at(&self, entries: &[crate::tiers::MetricEntry], now_ms: u64) -> &Tier {
+        let from = crate::tiers::span_start_ms(self.tier_downgrade, &self.tier_period, now_ms);
+        let peak = crate::tiers::peak_rolling_sum(entries, tier_window_ms, from, now_ms);
+        self.tier_for_metric(peak)
+    }
+
+    /// The lowest tier (a member with no entries).
+    pub fn lowest_tier(&self) -> &Tier {
+        self.tiers.first().unwrap_or(&DEFAULT_TIER)
     }
 
     /// Bonus stored value for a recharge of `amount`.
@@ -493,6 +557,7 @@ static DEFAULT_TIER: Tier = Tier {
     spend_threshold: Fen(0),
     discount_bp: 0,
     points_multiplier_pct: 100,
+    points_threshold: 0,
 };
 
 #[cfg(test)]
@@ -600,7 +665,7 @@ mod tests {
             serde_json::from_str(&RulesDocument::of(&Rules::default()).json).unwrap();
         newer["version"] = 3.into();
         newer["future_rule"] = serde_json::json!({"referrer_points": 100, "nested": [1, 2]});
-        newer["tiers"][1]["points_threshold"] = 5_000.into();
+        newer["tiers"][1]["future_threshold"] = 5_000.into();
         newer["signup"]["welcome_text"] = "欢迎".into();
         let document = RulesDocument {
             version: 3,

@@ -9,6 +9,7 @@ use chainsync_core::rules::v1::RulesV1;
 use chainsync_core::rules::{
     Campaign, InvalidRules, RechargeBonusStep, Rules, RulesDocument, SignupGift, Tier,
 };
+use chainsync_core::tiers::{TierDowngrade, TierMetric};
 use chainsync_core::{Fen, StoreId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,77 @@ pub struct TierView {
     pub discount_bp: i64,
     /// Points multiplier in percent (100 = ×1).
     pub points_multiplier_pct: i64,
+    /// Points earned over the rolling 12 months needed for this tier when `tier_metric` is
+    /// `points` (the first tier at 0; default 0).
+    #[serde(default)]
+    pub points_threshold: i64,
+}
+
+/// The periods of the `period_end` downgrade policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierPeriodView {
+    /// 1, 2, 3, 4, 6 or 12 (default 12: the calendar year), counted from January 1.
+    #[serde(default = "default_period_months")]
+    pub months: u32,
+    /// The zone whose calendar cuts the periods for the whole chain (default `+08:00`).
+    #[serde(default = "default_expiry_offset")]
+    pub utc_offset: String,
+}
+
+fn default_period_months() -> u32 {
+    chainsync_core::tiers::TierPeriod::default().months
+}
+
+impl Default for TierPeriodView {
+    fn default() -> TierPeriodView {
+        TierPeriodView::of(&chainsync_core::tiers::TierPeriod::default())
+    }
+}
+
+impl TierPeriodView {
+    fn of(period: &chainsync_core::tiers::TierPeriod) -> TierPeriodView {
+        TierPeriodView {
+            months: period.months,
+            utc_offset: chainsync_core::engagement::format_utc_offset(period.utc_offset_seconds),
+        }
+    }
+
+    fn to_period(&self) -> Result<chainsync_core::tiers::TierPeriod, InvalidRules> {
+        let utc_offset_seconds = chainsync_core::engagement::parse_utc_offset(&self.utc_offset)
+            .ok_or_else(|| {
+                InvalidRules("tier_period.utc_offset is like +08:00 (-12:00 to +14:00)".into())
+            })?;
+        Ok(chainsync_core::tiers::TierPeriod {
+            months: self.months,
+            utc_offset_seconds,
+        })
+    }
+}
+
+fn default_tier_metric() -> String {
+    "spend".into()
+}
+
+fn default_tier_downgrade() -> String {
+    "rolling".into()
+}
+
+fn tier_metric_name(metric: TierMetric) -> String {
+    match metric {
+        TierMetric::Spend => "spend",
+        TierMetric::Points => "points",
+    }
+    .into()
+}
+
+fn tier_downgrade_name(downgrade: TierDowngrade) -> String {
+    match downgrade {
+        TierDowngrade::Rolling => "rolling",
+        TierDowngrade::PeriodEnd => "period_end",
+        TierDowngrade::Never => "never",
+    }
+    .into()
 }
 
 /// "Recharge at least `min_amount_fen`, get `bonus_bp` more as bonus stored value."
@@ -219,6 +291,21 @@ pub struct RulesView {
     /// Product categories whose lines earn no points.
     #[serde(default)]
     pub points_excluded_categories: Vec<String>,
+    /// What tier thresholds compare with: `spend` (default: net spend over the rolling 12
+    /// months, `spend_threshold_fen`) or `points` (points earned over the rolling 12 months,
+    /// `points_threshold`).
+    #[serde(default = "default_tier_metric")]
+    #[schema(example = "points")]
+    pub tier_metric: String,
+    /// When a tier may go down: `rolling` (default: it follows the metric every day),
+    /// `period_end` (the highest tier reached in the current period is kept until it ends) or
+    /// `never`.
+    #[serde(default = "default_tier_downgrade")]
+    #[schema(example = "period_end")]
+    pub tier_downgrade: String,
+    /// The periods of `period_end` (default: the calendar year at `+08:00`).
+    #[serde(default)]
+    pub tier_period: TierPeriodView,
 }
 
 /// A points campaign: lines earn `multiplier_pct` of their points (on top of the tier's).
@@ -252,6 +339,7 @@ impl RulesView {
                     spend_threshold_fen: t.spend_threshold.0,
                     discount_bp: t.discount_bp,
                     points_multiplier_pct: t.points_multiplier_pct,
+                    points_threshold: t.points_threshold,
                 })
                 .collect(),
             recharge_bonus: rules
@@ -285,6 +373,9 @@ impl RulesView {
                 })
                 .collect(),
             points_excluded_categories: rules.points_excluded_categories.clone(),
+            tier_metric: tier_metric_name(rules.tier_metric),
+            tier_downgrade: tier_downgrade_name(rules.tier_downgrade),
+            tier_period: TierPeriodView::of(&rules.tier_period),
         }
     }
 
@@ -300,6 +391,7 @@ impl RulesView {
                     spend_threshold: Fen(t.spend_threshold_fen),
                     discount_bp: t.discount_bp,
                     points_multiplier_pct: t.points_multiplier_pct,
+                    points_threshold: t.points_threshold,
                 })
                 .collect(),
             recharge_bonus: self
@@ -346,6 +438,22 @@ impl RulesView {
                 .iter()
                 .map(|s| s.trim().to_owned())
                 .collect(),
+            tier_metric: match self.tier_metric.trim() {
+                "spend" => TierMetric::Spend,
+                "points" => TierMetric::Points,
+                _ => return Err(InvalidRules("tier_metric is spend or points".into())),
+            },
+            tier_downgrade: match self.tier_downgrade.trim() {
+                "rolling" => TierDowngrade::Rolling,
+                "period_end" => TierDowngrade::PeriodEnd,
+                "never" => TierDowngrade::Never,
+                _ => {
+                    return Err(InvalidRules(
+                        "tier_downgrade is rolling, period_end or never".into(),
+                    ));
+                }
+            },
+            tier_period: self.tier_period.to_period()?,
         };
         rules.validate()?;
         Ok(rules)

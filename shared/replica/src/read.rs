@@ -7,7 +7,8 @@ use chainsync_core::checkout::PaymentMethod;
 use chainsync_core::ledger::Balances;
 use chainsync_core::member::Profile;
 use chainsync_core::op::SaleRecord;
-use chainsync_core::rules::{Rules, tier_window_ms};
+use chainsync_core::rules::{Rules, Tier, tier_window_ms};
+use chainsync_core::tiers::{self, MetricEntry, TierMetric};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Mutex;
@@ -120,6 +121,94 @@ pub fn spend_12m(conn: &Connection, id: Uuid, now_ms: u64) -> rusqlite::Result<F
     })
 }
 
+/// The ledger entries that count as points *earned* for a tier (see `chainsync_core::tiers`):
+/// purchases, engagement rewards, and earned points a refund takes back (a negative
+/// `points_reverse`); each at its sale's time when it belongs to a sale held here.
+const tier_points_filter: &str = "(l.kind IN ('points_earn', 'points_reward')
+     OR (l.kind = 'points_reverse' AND l.amount < 0))";
+
+/// A member group's contributions to the rules' tier metric that can matter for its tier at
+/// `now_ms` (from `tiers::entries_since_ms` on): sales net of refunds, or points earned.
+pub fn tier_entries(
+    conn: &Connection,
+    id: Uuid,
+    rules: &Rules,
+    now_ms: u64,
+) -> rusqlite::Result<Vec<MetricEntry>> {
+    let since = tiers::entries_since_ms(rules.tier_downgrade, &rules.tier_period, now_ms);
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let canonical = canonical_member(conn, id)?.unwrap_or(id);
+    let sql = match rules.tier_metric {
+        TierMetric::Spend => "SELECT at_ms, total_fen - refunded_fen FROM sales
+             WHERE at_ms >= ?2 AND member_id IN
+                 (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)"
+            .to_owned(),
+        TierMetric::Points => format!(
+            "SELECT COALESCE(s.at_ms, l.hlc_wall_ms), l.amount
+             FROM ledger l LEFT JOIN sales s ON s.id = l.checkout_id
+             WHERE l.member_id IN (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)
+               AND {tier_points_filter} AND COALESCE(s.at_ms, l.hlc_wall_ms) >= ?2"
+        ),
+    };
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params![canonical.to_string(), since], |row| {
+        Ok(MetricEntry {
+            at_ms: row.get::<_, i64>(0)?.max(0) as u64,
+            amount: row.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The tier a member (with its merged members) is in at `now_ms` under `rules`: the pure
+/// `Rules::tier_at` over [`tier_entries`].
+pub fn member_tier(
+    conn: &Connection,
+    id: Uuid,
+    rules: &Rules,
+    now_ms: u64,
+) -> rusqlite::Result<Tier> {
+    let entries = tier_entries(conn, id, rules, now_ms)?;
+    Ok(rules.tier_at(&entries, now_ms).clone())
+}
+
+/// Every member group's contributions to the tier metric with `since_ms <= at < before_ms`,
+/// by canonical member id, in one pass over the sales (spend) or the ledger (points).
+pub fn all_tier_entries(
+    conn: &Connection,
+    rules: &Rules,
+    since_ms: i64,
+    before_ms: i64,
+) -> rusqlite::Result<std::collections::HashMap<String, Vec<MetricEntry>>> {
+    let sql = match rules.tier_metric {
+        TierMetric::Spend => "SELECT COALESCE(m.merged_into, s.member_id), s.at_ms,
+                    s.total_fen - s.refunded_fen
+             FROM sales s LEFT JOIN members m ON m.id = s.member_id
+             WHERE s.at_ms >= ?1 AND s.at_ms < ?2 AND s.member_id IS NOT NULL"
+            .to_owned(),
+        TierMetric::Points => format!(
+            "SELECT COALESCE(m.merged_into, l.member_id), COALESCE(s.at_ms, l.hlc_wall_ms),
+                    l.amount
+             FROM ledger l LEFT JOIN sales s ON s.id = l.checkout_id
+                  LEFT JOIN members m ON m.id = l.member_id
+             WHERE {tier_points_filter}
+               AND COALESCE(s.at_ms, l.hlc_wall_ms) >= ?1
+               AND COALESCE(s.at_ms, l.hlc_wall_ms) < ?2"
+        ),
+    };
+    let mut statement = conn.prepare(&sql)?;
+    let mut rows = statement.query(params![since_ms, before_ms])?;
+    let mut by_member: std::collections::HashMap<String, Vec<MetricEntry>> =
+        std::collections::HashMap::new();
+    while let Some(row) = rows.next()? {
+        by_member.entry(row.get(0)?).or_default().push(MetricEntry {
+            at_ms: row.get::<_, i64>(1)?.max(0) as u64,
+            amount: row.get(2)?,
+        });
+    }
+    Ok(by_member)
+}
+
 /// Times of a member's checkouts (with merged members) over the last 12 months, for the
 /// automatic tags.
 pub fn visits_12m(conn: &Connection, canonical: Uuid, now_ms: u64) -> rusqlite::Result<Vec<u64>> {
@@ -175,7 +264,7 @@ fn member_from_row(
         principal_fen: principal,
         bonus_fen: bonus,
         points,
-        tier: rules.tier_for_spend(spend).name.clone(),
+        tier: member_tier(conn, id, rules, now_ms)?.name,
         spend_12m_fen: spend.0,
         created_ms: created_ms.max(0) as u64,
         merged_from,

@@ -54,6 +54,7 @@ impl From<RulesV1> for super::Rules {
                     spend_threshold: t.spend_threshold,
                     discount_bp: t.discount_bp,
                     points_multiplier_pct: t.points_multiplier_pct,
+                    points_threshold: 0,
                 })
                 .collect(),
             recharge_bonus: old
