@@ -9,10 +9,8 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use chainsync_core::checkout::{CouponUse, PricedLine};
 use chainsync_core::coupon::{
     self as rules, Channel, CouponFacts, CouponInstance, CouponTemplateV2, CouponTransfer,
@@ -34,7 +32,8 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::commands::{Authority, Local};
-use crate::http::{AppState, Caller, idempotency};
+use crate::http::{AppState, Caller, member_id};
+use crate::posted::Posted;
 
 /// At most this many coupons in one checkout.
 pub const checkout_coupons_max: usize = 8;
@@ -733,15 +732,6 @@ fn code_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiErr
         .ok_or_else(|| ApiError::new(422, "coupon_unknown", "a coupon code is 1 to 32 characters"))
 }
 
-fn member_path(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|_| ApiError::unknown_member())
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
-}
-
 #[utoipa::path(get, path = "/api/v1/coupon-templates",
     responses((status = 200, body = TemplateList)), security(("bearer" = [])))]
 pub async fn list_templates(
@@ -815,7 +805,7 @@ pub async fn member_coupons(
     path: Result<Path<Uuid>, PathRejection>,
     query: Result<Query<MemberCouponsQuery>, QueryRejection>,
 ) -> Result<Json<CouponList>, ApiError> {
-    let id = member_path(path)?;
+    let id = member_id(path)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
     let all = match query.status.as_deref().unwrap_or("available") {
         "available" => false,
@@ -852,21 +842,15 @@ pub async fn create_transfer(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     let code = code_path(path)?;
-    let request: NewTransfer = parse_json(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/coupons/{code}/transfer"),
-        &body,
-    )?;
+    let request: NewTransfer = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| transfer(conn, local, code, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            transfer(conn, local, code, request, now)
+        })
         .await
 }
 
@@ -903,17 +887,12 @@ pub async fn create_claim(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let member = member_path(path)?;
-    let request: NewClaim = parse_json(&body)?;
+    let member = member_id(path)?;
+    let request: NewClaim = post.json()?;
     let template_id = request.template_id;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{member}/coupon-claims"),
-        &body,
-    )?;
+    let idempotency = post.idempotency()?;
     let (template, canonical) = app
         .reads
         .run(move |conn| {
@@ -929,10 +908,9 @@ pub async fn create_claim(
         // A per-store pool (or a standalone store): decided here, offline too.
         return app
             .writer
-            .submit(
-                idempotency,
-                Box::new(move |conn, local, now| claim_here(conn, local, member, template_id, now)),
-            )
+            .write(idempotency, move |conn, local, now| {
+                claim_here(conn, local, member, template_id, now)
+            })
             .await;
     };
     // A chain-wide pool: only the hub knows what is left. Asked on the sync session.
@@ -1005,22 +983,16 @@ pub async fn create_draw(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let member = member_path(path)?;
-    let request: NewDraw = parse_json(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{member}/lottery-draws"),
-        &body,
-    )?;
+    let member = member_id(path)?;
+    let request: NewDraw = post.json()?;
+    let idempotency = post.idempotency()?;
     let random = u64::from_le_bytes(crate::random_bytes::<8>().map_err(ApiError::internal)?);
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| draw(conn, local, member, request, random, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            draw(conn, local, member, request, random, now)
+        })
         .await
 }
 

@@ -9,7 +9,6 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use chainsync_core::rules::Rules;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::{Role, User};
 use crate::commands;
+use crate::posted::Posted;
 use crate::writer::{Idempotency, Writer};
 use chainsync_replica::api::BearerAuth;
 use chainsync_replica::api::{ApiError, Reply};
@@ -98,10 +98,6 @@ impl Caller {
     }
 }
 
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
-}
-
 /// The request's `Idempotency-Key`, fingerprinted with its route and body.
 pub fn idempotency(
     headers: &HeaderMap,
@@ -133,7 +129,8 @@ pub fn idempotency(
     }))
 }
 
-fn member_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+/// The member id of a `/members/{id}/…` path (404 `unknown_member` when it is not an id).
+pub(crate) fn member_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
     path.map(|Path(id)| id)
         .map_err(|_| ApiError::unknown_member())
 }
@@ -166,16 +163,14 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 async fn create_member(
     State(app): State<AppState>,
     _caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let request: NewMember = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/members", &body)?;
+    let request: NewMember = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| commands::register_member(conn, local, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            commands::register_member(conn, local, request, now)
+        })
         .await
 }
 
@@ -229,15 +224,14 @@ async fn patch_member(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    body: Bytes,
+    patch: Posted,
 ) -> Result<Reply, ApiError> {
     let id = member_id(path)?;
-    let request: MemberPatch = parse_json(&body)?;
+    let request: MemberPatch = patch.json()?;
     app.writer
-        .submit(
-            None,
-            Box::new(move |conn, local, now| commands::patch_member(conn, local, id, request, now)),
-        )
+        .write(None, move |conn, local, now| {
+            commands::patch_member(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -269,21 +263,15 @@ async fn create_recharge(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     let id = member_id(path)?;
-    let request: NewRecharge = parse_json(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{id}/recharges"),
-        &body,
-    )?;
+    let request: NewRecharge = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| commands::recharge(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            commands::recharge(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -294,17 +282,15 @@ async fn create_recharge(
 async fn create_product(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let request: NewProduct = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/products", &body)?;
+    let request: NewProduct = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| commands::upsert_product(conn, local, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            commands::upsert_product(conn, local, request, now)
+        })
         .await
 }
 
@@ -369,11 +355,10 @@ async fn get_product(
 async fn create_checkout(
     State(app): State<AppState>,
     _caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let request: NewCheckout = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/checkouts", &body)?;
+    let request: NewCheckout = post.json()?;
+    let idempotency = post.idempotency()?;
     let checkout_id = new_checkout_id()?;
     // A retry of a checkout already written is answered from the idempotency record by the
     // writer: asking the hub again would only hold the member's money for nothing.
@@ -382,7 +367,7 @@ async fn create_checkout(
             commands::Authority::Standalone
         }
         _ => {
-            let pre: NewCheckout = parse_json(&body)?;
+            let pre: NewCheckout = post.json()?;
             let store = app.store_id.clone();
             let offset = app.utc_offset_seconds;
             app.reads
@@ -394,12 +379,9 @@ async fn create_checkout(
         }
     };
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| {
-                commands::checkout_as(conn, local, request, Some(checkout_id), authority, now)
-            }),
-        )
+        .write(idempotency, move |conn, local, now| {
+            commands::checkout_as(conn, local, request, Some(checkout_id), authority, now)
+        })
         .await
 }
 
@@ -555,26 +537,16 @@ async fn create_refund(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = checkout_id(path)?;
-    let request: NewRefund = if body.iter().all(u8::is_ascii_whitespace) {
-        NewRefund::default()
-    } else {
-        parse_json(&body)?
-    };
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/checkouts/{id}/refunds"),
-        &body,
-    )?;
+    let request: NewRefund = post.json_or_default()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| commands::refund(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            commands::refund(conn, local, id, request, now)
+        })
         .await
 }
 

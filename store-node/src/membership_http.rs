@@ -68,14 +68,11 @@ async fn check_in(
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Reply, ApiError> {
-    let id = path
-        .map(|Path(id)| id)
-        .map_err(|_| ApiError::unknown_member())?;
+    let id = crate::http::member_id(path)?;
     app.writer
-        .submit(
-            None,
-            Box::new(move |conn, local, now| engagement::check_in(conn, local, id, now)),
-        )
+        .write(None, move |conn, local, now| {
+            engagement::check_in(conn, local, id, now)
+        })
         .await
 }
 
@@ -138,26 +135,15 @@ async fn create_feedback(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    post: crate::posted::Posted,
 ) -> Result<Reply, ApiError> {
-    let id = path
-        .map(|Path(id)| id)
-        .map_err(|_| ApiError::unknown_member())?;
-    let request: engagement::NewFeedback = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))?;
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{id}/feedback"),
-        &body,
-    )?;
+    let id = crate::http::member_id(path)?;
+    let request: engagement::NewFeedback = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| {
-                engagement::give_feedback(conn, local, id, request, now)
-            }),
-        )
+        .write(idempotency, move |conn, local, now| {
+            engagement::give_feedback(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -169,9 +155,7 @@ async fn list_feedback(
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<FeedbackList>, ApiError> {
-    let id = path
-        .map(|Path(id)| id)
-        .map_err(|_| ApiError::unknown_member())?;
+    let id = crate::http::member_id(path)?;
     let feedback = app
         .reads
         .run(move |conn| {

@@ -1,12 +1,12 @@
 //! The membership program at a store: the rule set it holds (HQ's, relayed), the prepaid cap,
 //! signup gifts, manual points adjustments (manager role) and count cards.
 
+use crate::http::member_id;
+use crate::posted::Posted;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use chainsync_core::checkout::Movement;
 use chainsync_core::count_card::{
     self, CountCardError, CountCardPurchase, CountCardUse, CountCardUseReversal,
@@ -164,15 +164,6 @@ pub fn adjust_points(
     )
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
-}
-
-fn path_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|_| ApiError::unknown_member())
-}
-
 #[utoipa::path(get, path = "/api/v1/rules", responses((status = 200, body = RulesView)),
     security(("bearer" = [])))]
 pub async fn get_rules(
@@ -192,22 +183,16 @@ pub async fn create_points_adjustment(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let id = path_id(path)?;
-    let request: NewPointsAdjustment = parse_json(&body)?;
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{id}/points-adjustments"),
-        &body,
-    )?;
+    let id = member_id(path)?;
+    let request: NewPointsAdjustment = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| adjust_points(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            adjust_points(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -442,21 +427,15 @@ pub async fn create_count_card(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let id = path_id(path)?;
-    let request: NewCountCard = parse_json(&body)?;
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{id}/count-cards"),
-        &body,
-    )?;
+    let id = member_id(path)?;
+    let request: NewCountCard = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| buy_count_card(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            buy_count_card(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -467,7 +446,7 @@ pub async fn list_member_count_cards(
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<CountCardList>, ApiError> {
-    let id = path_id(path)?;
+    let id = member_id(path)?;
     let count_cards = app
         .reads
         .run(move |conn| {
@@ -507,25 +486,15 @@ pub async fn create_count_card_use(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     let id = path.map(|Path(id)| id).map_err(|_| unknown_card())?;
-    let request: NewCountCardUse = if body.iter().all(u8::is_ascii_whitespace) {
-        NewCountCardUse::default()
-    } else {
-        parse_json(&body)?
-    };
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/count-cards/{id}/uses"),
-        &body,
-    )?;
+    let request: NewCountCardUse = post.json_or_default()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| use_count_card(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            use_count_card(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -539,8 +508,7 @@ pub async fn create_use_reversal(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = path.map(|Path(id)| id).map_err(|_| {
@@ -550,21 +518,12 @@ pub async fn create_use_reversal(
             "no count-card use with this id",
         )
     })?;
-    let request: NewUseReversal = if body.iter().all(u8::is_ascii_whitespace) {
-        NewUseReversal::default()
-    } else {
-        parse_json(&body)?
-    };
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/count-card-uses/{id}/reversals"),
-        &body,
-    )?;
+    let request: NewUseReversal = post.json_or_default()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| reverse_count_card_use(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            reverse_count_card_use(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -703,20 +662,14 @@ pub async fn create_gift_redemption(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
-    let id = path_id(path)?;
-    let request: NewGiftRedemption = parse_json(&body)?;
-    let idempotency = crate::http::idempotency(
-        &headers,
-        &format!("POST /api/v1/members/{id}/gift-redemptions"),
-        &body,
-    )?;
+    let id = member_id(path)?;
+    let request: NewGiftRedemption = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| redeem_gift(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            redeem_gift(conn, local, id, request, now)
+        })
         .await
 }

@@ -3,15 +3,14 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::http::{AppState, Caller, idempotency};
+use crate::http::{AppState, Caller};
+use crate::posted::Posted;
 use crate::stock::{
     self, MovementsReply, NewCounts, NewStockMovements, NewStocktake, NewThreshold, NewTransfer,
     StocktakeView, TransferLinesInput,
@@ -19,20 +18,6 @@ use crate::stock::{
 use chainsync_replica::api::{ApiError, Reply};
 use chainsync_replica::stock::{StockLevelView, TransferFilter, TransferView};
 use chainsync_replica::views::ErrorBody;
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
-}
-
-/// An empty body means the defaults.
-fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
-    body: &Bytes,
-) -> Result<T, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    parse_json(body)
-}
 
 fn path_id(
     path: Result<Path<Uuid>, PathRejection>,
@@ -58,17 +43,15 @@ fn unknown_stocktake() -> ApiError {
 pub async fn create_movements(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let request: NewStockMovements = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/stock/movements", &body)?;
+    let request: NewStockMovements = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::record_movements(conn, local, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::record_movements(conn, local, request, now)
+        })
         .await
 }
 
@@ -126,17 +109,15 @@ pub async fn get_alerts(
 pub async fn set_threshold(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let request: NewThreshold = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/stock/thresholds", &body)?;
+    let request: NewThreshold = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, _local, _now| stock::set_threshold(conn, request)),
-        )
+        .write(idempotency, move |conn, _local, _now| {
+            stock::set_threshold(conn, request)
+        })
         .await
 }
 
@@ -200,17 +181,15 @@ pub async fn list_transfers(
 pub async fn create_transfer(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let request: NewTransfer = parse_json(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/transfers", &body)?;
+    let request: NewTransfer = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::request_transfer(conn, local, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::request_transfer(conn, local, request, now)
+        })
         .await
 }
 
@@ -225,22 +204,16 @@ pub async fn ship_transfer(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = path_id(path, unknown_transfer)?;
-    let request: TransferLinesInput = parse_json_or_default(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/transfers/{id}/ship"),
-        &body,
-    )?;
+    let request: TransferLinesInput = post.json_or_default()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::ship_transfer(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::ship_transfer(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -255,24 +228,16 @@ pub async fn receive_transfer(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = path_id(path, unknown_transfer)?;
-    let request: TransferLinesInput = parse_json(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/transfers/{id}/receive"),
-        &body,
-    )?;
+    let request: TransferLinesInput = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| {
-                stock::receive_transfer(conn, local, id, request, now)
-            }),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::receive_transfer(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -284,17 +249,15 @@ pub async fn receive_transfer(
 pub async fn create_stocktake(
     State(app): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
-    let request: NewStocktake = parse_json_or_default(&body)?;
-    let idempotency = idempotency(&headers, "POST /api/v1/stocktakes", &body)?;
+    let request: NewStocktake = post.json_or_default()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::start_stocktake(conn, local, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::start_stocktake(conn, local, request, now)
+        })
         .await
 }
 
@@ -325,22 +288,16 @@ pub async fn create_counts(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = path_id(path, unknown_stocktake)?;
-    let request: NewCounts = parse_json(&body)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/stocktakes/{id}/counts"),
-        &body,
-    )?;
+    let request: NewCounts = post.json()?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::record_counts(conn, local, id, request, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::record_counts(conn, local, id, request, now)
+        })
         .await
 }
 
@@ -353,21 +310,15 @@ pub async fn finish_stocktake(
     State(app): State<AppState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    headers: HeaderMap,
-    body: Bytes,
+    post: Posted,
 ) -> Result<Reply, ApiError> {
     caller.require_manager()?;
     let id = path_id(path, unknown_stocktake)?;
-    let idempotency = idempotency(
-        &headers,
-        &format!("POST /api/v1/stocktakes/{id}/finish"),
-        &body,
-    )?;
+    let idempotency = post.idempotency()?;
     app.writer
-        .submit(
-            idempotency,
-            Box::new(move |conn, local, now| stock::finish_stocktake(conn, local, id, now)),
-        )
+        .write(idempotency, move |conn, local, now| {
+            stock::finish_stocktake(conn, local, id, now)
+        })
         .await
 }
 

@@ -102,6 +102,15 @@ impl Writer {
             .map_err(|_| ApiError::new(503, "shutting_down", "the store node is stopping"))?
     }
 
+    /// Queue a cashier-priority write and wait for its committed reply (the job boxed here).
+    pub async fn write(
+        &self,
+        idempotency: Option<Idempotency>,
+        job: impl FnOnce(&Connection, &mut Local, u64) -> Result<Reply, ApiError> + Send + 'static,
+    ) -> Result<Reply, ApiError> {
+        self.submit(idempotency, Box::new(job)).await
+    }
+
     pub async fn submit(
         &self,
         idempotency: Option<Idempotency>,
