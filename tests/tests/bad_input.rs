@@ -249,6 +249,12 @@ fn malformed_and_mistyped_bodies() -> Result<()> {
             r#"{"sku": "X", "name": "x", "price_fen": "12"}"#,
         )
     })?;
+    // Larger than the store's request limit (256 KiB): refused in the JSON error shape.
+    let oversized = format!(r#"{{"name": "{}"}}"#, "x".repeat(300 * 1024));
+    f.refused("oversized body", &[(413, "body_too_large")], move |node| {
+        node.api()
+            .post_raw("/api/v1/members", Some(&node.cashier), &oversized)
+    })?;
     f.finish()
 }
 
