@@ -74,19 +74,6 @@ CREATE TABLE lottery_draws (
 CREATE INDEX lottery_draws_member ON lottery_draws (member_id, lottery_id, day);
 "#;
 
-fn newer(
-    current: Option<(i64, i64, String)>,
-    hlc: HlcTimestamp,
-    origin: &StoreId,
-) -> (bool, (i64, i64, String)) {
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
-    (current.is_none_or(|c| c < incoming), incoming)
-}
-
 /// Last writer wins, by (HLC, origin), over both template versions.
 pub fn project_template_v2(
     conn: &Connection,
@@ -94,18 +81,16 @@ pub fn project_template_v2(
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached(
-            "SELECT hlc_wall_ms, hlc_counter, origin FROM coupon_templates WHERE id = ?1",
-        )?
-        .query_row([template.id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let (wins, incoming) = newer(current, hlc, origin);
-    if !wins {
+    let Some(incoming) = crate::lww::winning_stamp(
+        conn,
+        "coupon_templates",
+        &template.id.to_string(),
+        hlc,
+        origin,
+    )?
+    else {
         return Ok(());
-    }
+    };
     let value = match &template.kind {
         CouponKind::Cash { value } => value.0,
         _ => 0,
@@ -150,11 +135,7 @@ pub fn project_issue_v2(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
+    let incoming = crate::lww::stamp(hlc, origin);
     if let Some((wall, counter, current_origin)) = current {
         match (wall, counter) {
             // A first-version issue of the same code (random codes: never in practice) stays.
@@ -255,16 +236,11 @@ pub fn project_lottery(
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached("SELECT hlc_wall_ms, hlc_counter, origin FROM lotteries WHERE id = ?1")?
-        .query_row([lottery.id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let (wins, incoming) = newer(current, hlc, origin);
-    if !wins {
+    let Some(incoming) =
+        crate::lww::winning_stamp(conn, "lotteries", &lottery.id.to_string(), hlc, origin)?
+    else {
         return Ok(());
-    }
+    };
     conn.prepare_cached(
         "INSERT INTO lotteries (id, body, hlc_wall_ms, hlc_counter, origin)
          VALUES (?1, ?2, ?3, ?4, ?5)

@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod digest;
 pub mod engagement;
+pub mod lww;
 pub mod node;
 pub mod program;
 pub mod project;

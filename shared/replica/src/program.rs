@@ -522,22 +522,16 @@ pub fn project_count_card_template(
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached(
-            "SELECT hlc_wall_ms, hlc_counter, origin FROM count_card_templates WHERE id = ?1",
-        )?
-        .query_row([template.id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
-    if current.is_some_and(|current| current >= incoming) {
+    let Some(incoming) = crate::lww::winning_stamp(
+        conn,
+        "count_card_templates",
+        &template.id.to_string(),
+        hlc,
+        origin,
+    )?
+    else {
         return Ok(());
-    }
+    };
     conn.prepare_cached(
         "INSERT INTO count_card_templates (id, name, service, uses, price_fen, validity_days,
              active, hlc_wall_ms, hlc_counter, origin)
@@ -919,20 +913,11 @@ pub fn project_gift(
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached("SELECT hlc_wall_ms, hlc_counter, origin FROM gifts WHERE id = ?1")?
-        .query_row([gift.id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
-    if current.is_some_and(|current| current >= incoming) {
+    let Some(incoming) =
+        crate::lww::winning_stamp(conn, "gifts", &gift.id.to_string(), hlc, origin)?
+    else {
         return Ok(());
-    }
+    };
     conn.prepare_cached(
         "INSERT INTO gifts (id, name, points_price, stock, active, hlc_wall_ms, hlc_counter, origin)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)

@@ -507,22 +507,16 @@ pub fn project_coupon_template(
     hlc: HlcTimestamp,
     origin: &StoreId,
 ) -> rusqlite::Result<()> {
-    let current: Option<(i64, i64, String)> = conn
-        .prepare_cached(
-            "SELECT hlc_wall_ms, hlc_counter, origin FROM coupon_templates WHERE id = ?1",
-        )?
-        .query_row([template.id.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let incoming = (
-        hlc.wall_ms as i64,
-        i64::from(hlc.counter),
-        origin.as_str().to_owned(),
-    );
-    if current.is_some_and(|current| current >= incoming) {
+    let Some(incoming) = crate::lww::winning_stamp(
+        conn,
+        "coupon_templates",
+        &template.id.to_string(),
+        hlc,
+        origin,
+    )?
+    else {
         return Ok(());
-    }
+    };
     conn.prepare_cached(
         "INSERT INTO coupon_templates (id, name, value_fen, min_spend_fen, online_only,
              hlc_wall_ms, hlc_counter, origin)
