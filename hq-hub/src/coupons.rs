@@ -49,26 +49,6 @@ fn random_code() -> Result<String, ApiError> {
     Ok(rules::code_from_random(random))
 }
 
-/// The request's Idempotency-Key, if any (1 to 255 visible characters).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            ApiError::new(
-                400,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )
-        })
-}
-
 /// Create (no `id`) or replace (with `id`) a coupon template.
 #[utoipa::path(post, path = "/api/v1/coupon-templates", request_body = TemplateInput,
     responses((status = 201, body = TemplateView), (status = 403, body = ErrorBody),
@@ -266,7 +246,7 @@ pub async fn bulk_issue(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<BulkIssued>), ApiError> {
     caller.require_operator()?;
-    let key = idempotency_key(&headers)?;
+    let key = crate::idempotency::key_of(&headers)?;
     let request: BulkIssue = parse_body(&body)?;
     let mut filter = request.filter;
     if let Some(map) = filter.as_object_mut() {
@@ -491,7 +471,7 @@ pub async fn claim(
         .ok_or_else(ApiError::unknown_member)?;
     template_of(&hub, template_id).await?;
     // A retry with the same key is the same claim.
-    let claim_id = match idempotency_key(&headers)? {
+    let claim_id = match crate::idempotency::key_of(&headers)? {
         Some(key) => {
             let code = rules::code_from_key(&format!("hub-claim:{key}:{template_id}:{known}"));
             Uuid::from_u128(code.get(1..).and_then(|d| d.parse().ok()).unwrap_or(0))

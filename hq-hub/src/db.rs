@@ -29,6 +29,7 @@ fn migrations() -> Migrations<'static> {
         M::up(hub_schema_projection),
         M::up(chainsync_replica::engagement::schema_v1),
         M::up(chainsync_replica::program::schema_v6),
+        M::up(crate::idempotency::schema_v1),
     ])
 }
 

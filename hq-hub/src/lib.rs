@@ -22,6 +22,7 @@ pub mod coupons;
 pub mod db;
 pub mod exceptions;
 pub mod http;
+pub mod idempotency;
 pub mod program;
 pub mod reports;
 pub mod server;

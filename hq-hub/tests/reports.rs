@@ -553,9 +553,21 @@ impl Client {
         serde_json::from_slice(&body).unwrap()
     }
     fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.post_keyed(path, token, None, body)
+    }
+    fn post_keyed(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         let mut request = self.agent.post(format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
         }
         let mut response = request
             .content_type("application/json")
@@ -1432,12 +1444,33 @@ fn reports_equal_plain_iteration_and_respect_roles() {
         &body,
     );
     assert_eq!(status, 403);
-    let (status, reply) = c.post(
+    let (status, reply) = c.post_keyed(
         &format!("/api/v1/members/{target}/adjustments"),
         Some(&hub.tokens["ops"]),
+        Some("goodwill-1"),
         &body,
     );
     assert_eq!(status, 201, "{reply}");
+    // A retry with the same key (a lost answer) gets the same answer and adjusts nothing again
+    // (the ledger and liability checks below see one adjustment); the key with another body
+    // is refused.
+    let (status, repeat) = c.post_keyed(
+        &format!("/api/v1/members/{target}/adjustments"),
+        Some(&hub.tokens["ops"]),
+        Some("goodwill-1"),
+        &body,
+    );
+    assert_eq!((status, &repeat), (201, &reply));
+    let (status, refused) = c.post_keyed(
+        &format!("/api/v1/members/{target}/adjustments"),
+        Some(&hub.tokens["ops"]),
+        Some("goodwill-1"),
+        &serde_json::json!({"account": "stored_value", "amount": 4321, "reason": "goodwill"}),
+    );
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
     let (status, reply) = c.post(
         &format!("/api/v1/members/{target}/adjustments"),
         Some(admin),
@@ -1454,12 +1487,14 @@ fn reports_equal_plain_iteration_and_respect_roles() {
     );
     assert_eq!(status, 422);
     let ledger = c.json(&format!("/api/v1/members/{target}/ledger"), admin);
-    let entry = ledger["entries"]
+    let adjustments: Vec<&Value> = ledger["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["kind"] == "stored_value_adjust")
-        .unwrap();
+        .filter(|e| e["kind"] == "stored_value_adjust")
+        .collect();
+    assert_eq!(adjustments.len(), 1, "{ledger}");
+    let entry = adjustments[0];
     assert_eq!(
         (
             entry["origin"].as_str(),

@@ -200,7 +200,8 @@ pub struct AdjustmentView {
     pub points: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/members/{id}/adjustments", params(("id" = Uuid, Path)),
+#[utoipa::path(post, path = "/api/v1/members/{id}/adjustments", params(("id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key")),
     request_body = AdjustmentRequest,
     responses((status = 201, body = AdjustmentView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -209,14 +210,14 @@ pub async fn adjust(
     State(hub): State<HubState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    body: axum::body::Bytes,
+    post: crate::idempotency::Posted,
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     let id = path
         .map(|Path(id)| id)
         .map_err(|_| ApiError::unknown_member())?;
-    let request: AdjustmentRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))?;
+    let request: AdjustmentRequest = post.json()?;
+    let keyed = post.keyed;
     let (account, kind) = match request.account.as_str() {
         "points" => (Account::Points, EntryKind::PointsAdjust),
         "stored_value" => (Account::Principal, EntryKind::StoredValueAdjust),
@@ -237,10 +238,16 @@ pub async fn adjust(
     let user = caller.user.clone();
     let amount = request.amount;
     let account_name = request.account.clone();
-    let (head, entry_id, member_id) = tokio::task::spawn_blocking(move || {
+    let (head, status, answer) = tokio::task::spawn_blocking(move || {
         let mut conn = writer
             .lock()
             .map_err(|_| ApiError::internal("writer lock"))?;
+        // A repeat of an answered request: the same answer, nothing written again.
+        if let Some(keyed) = &keyed
+            && let Some((status, answer)) = crate::idempotency::recall(&conn, keyed)?
+        {
+            return Ok::<_, ApiError>((None, status, answer));
+        }
         let member_id = chainsync_replica::read::canonical_member(&conn, id)?
             .ok_or_else(ApiError::unknown_member)?;
         // Counting what stores pushed and the hub has not projected yet.
@@ -267,6 +274,26 @@ pub async fn adjust(
         let now = now_ms();
         let entry_id = chainsync_core::IdGenerator::new().next(now, random);
         let reason_for_entry = reason.clone();
+        let (balance_fen, points) = match account {
+            Account::Points => (balances.stored_value().ok().map(|f| f.0), after),
+            _ => (
+                balances
+                    .stored_value()
+                    .ok()
+                    .and_then(|f| f.0.checked_add(amount)),
+                Some(balances.points),
+            ),
+        };
+        let view = AdjustmentView {
+            entry_id,
+            member_id,
+            account: account_name.clone(),
+            amount,
+            reason: reason.clone(),
+            balance_fen: balance_fen.unwrap_or(i64::MAX),
+            points: points.unwrap_or(i64::MAX),
+        };
+        let answer = serde_json::to_value(&view).map_err(ApiError::internal)?;
         let (head, _) = crate::storage::author_with(
             &mut conn,
             now,
@@ -301,33 +328,23 @@ pub async fn adjust(
                     &detail,
                     now,
                 )?;
+                if let Some(keyed) = &keyed {
+                    crate::idempotency::remember(tx, keyed, 201, &answer, now)?;
+                }
                 Ok(())
             },
         )
         .map_err(ApiError::internal)?;
-        Ok::<_, ApiError>((head, entry_id, member_id))
+        Ok((Some(head), 201, answer))
     })
     .await
     .map_err(ApiError::internal)??;
-    hub.log_grew.send_replace(head);
-    let projection = hub.projection.clone();
-    let balances = hub
-        .reads
-        .run(move |conn| {
-            crate::storage::balances_with_unprojected(conn, &projection, member_id)
-                .map_err(ApiError::internal)
-        })
-        .await?;
-    let view = AdjustmentView {
-        entry_id,
-        member_id,
-        account: request.account,
-        amount,
-        reason: request.reason.trim().to_owned(),
-        balance_fen: balances.stored_value().map(|f| f.0).unwrap_or(i64::MAX),
-        points: balances.points,
-    };
-    Ok((axum::http::StatusCode::CREATED, Json(view)).into_response())
+    if let Some(head) = head {
+        hub.log_grew.send_replace(head);
+    }
+    let status =
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::CREATED);
+    Ok((status, Json(answer)).into_response())
 }
 
 /// Reply with a table as JSON, or as a CSV/xlsx attachment (audited).
