@@ -11,9 +11,10 @@ use chainsync_core::checkout::Movement;
 use chainsync_core::engagement as rules;
 use chainsync_core::ledger::{Account, EntryKind};
 use chainsync_core::op::OpV1;
+use chainsync_core::points_expiry;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use time::Date;
 use uuid::Uuid;
 
@@ -239,6 +240,217 @@ pub fn referral_on_purchase(
     Ok(())
 }
 
+/// A member group's points: its movements (expiries apart) and the expiry entries it holds.
+struct PointsHistory {
+    moves: Vec<chainsync_core::points_expiry::PointsMove>,
+    /// Held `points_expire` entries: (entry id, member id) -> (year, points expired, positive).
+    expiries: BTreeMap<(Uuid, Uuid), (i32, i64)>,
+}
+
+/// The points history of the group whose canonical member is `canonical`. An expiry entry
+/// whose reason does not name a year of ours counts as a movement like any other.
+fn points_history(conn: &Connection, canonical: Uuid) -> rusqlite::Result<PointsHistory> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, member_id, kind, amount, hlc_wall_ms, reason FROM ledger
+         WHERE member_id IN (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)
+           AND account = 'points'",
+    )?;
+    let mut rows = statement.query([canonical.to_string()])?;
+    let mut history = PointsHistory {
+        moves: Vec::new(),
+        expiries: BTreeMap::new(),
+    };
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(2)?;
+        let amount: i64 = row.get(3)?;
+        if kind == EntryKind::PointsExpire.as_str() {
+            let ids = (
+                Uuid::parse_str(&row.get::<_, String>(0)?),
+                Uuid::parse_str(&row.get::<_, String>(1)?),
+            );
+            let reason: Option<String> = row.get(5)?;
+            let year = reason
+                .as_deref()
+                .and_then(|r| r.strip_prefix(expiry_reason))
+                .and_then(|y| y.trim().parse::<i32>().ok());
+            if let (Some(year), (Ok(id), Ok(member))) = (year, ids)
+                && id == chainsync_core::id::derived_id(&points_expiry::expiry_key(member, year))
+            {
+                history
+                    .expiries
+                    .insert((id, member), (year, amount.saturating_neg()));
+                continue;
+            }
+        }
+        history.moves.push(points_expiry::PointsMove {
+            at_ms: row.get::<_, i64>(4)?.max(0) as u64,
+            amount,
+        });
+    }
+    Ok(history)
+}
+
+const expiry_reason: &str = "points expiry ";
+
+/// What one expiry run did.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ExpiryRun {
+    /// Expiry entries written now for the first time (one per member and year).
+    pub points_expired_entries: usize,
+    /// Expiry entries rewritten now with another amount (a spend dated before the deadline
+    /// arrived after the expiry was written).
+    pub points_expiry_revisions: usize,
+    /// Expiry reminders queued now (members reminded before this run are not counted).
+    pub points_expiry_reminders: usize,
+}
+
+/// Bring one member group's expiries in line with what its entries say, and queue its
+/// reminder. Every year whose deadline passed by `now_ms` should hold one `points_expire`
+/// entry, id derived from `points_expire:<canonical member>:<year>`, of the amount
+/// `points_expiry::targets` computes from the group's movements (a function of those dated
+/// before the deadline); a held entry of another amount is rewritten under the same id (the
+/// last written stays everywhere, `LedgerEntry::wins_over`), 0 points if nothing is left;
+/// an expiry written for a member that has since been merged into another is rewritten to 0
+/// (the canonical member's entry carries the group's). Years whose deadline is still ahead
+/// here are left alone (a store whose clock runs ahead may have written them).
+fn expire_member(
+    conn: &Connection,
+    local: &mut Local,
+    policy: &points_expiry::PointsExpiryPolicy,
+    canonical: Uuid,
+    now_ms: u64,
+    run: &mut ExpiryRun,
+) -> Result<(), ApiError> {
+    let history = points_history(conn, canonical)?;
+    let targets = points_expiry::targets(policy, &history.moves, now_ms);
+    let mut wanted: BTreeMap<(Uuid, Uuid), (i32, i64)> = BTreeMap::new();
+    for (&(id, member), &(year, _)) in &history.expiries {
+        if policy.deadline_ms(year).is_some_and(|d| d <= now_ms) {
+            wanted.insert((id, member), (year, 0));
+        }
+    }
+    for target in &targets {
+        let id = chainsync_core::id::derived_id(&points_expiry::expiry_key(canonical, target.year));
+        wanted.insert((id, canonical), (target.year, target.points));
+    }
+    for ((id, member), (year, points)) in wanted {
+        let held = history.expiries.get(&(id, member)).map(|(_, held)| *held);
+        match held {
+            Some(held) if held == points => continue,
+            None if points == 0 => continue,
+            Some(_) => run.points_expiry_revisions += 1,
+            None => run.points_expired_entries += 1,
+        }
+        local.emit_entry_with_id(
+            conn,
+            now_ms,
+            id,
+            member,
+            Movement {
+                kind: EntryKind::PointsExpire,
+                account: Account::Points,
+                amount: -points,
+            },
+            None,
+            Some(format!("{expiry_reason}{year}")),
+        )?;
+    }
+    let expired: BTreeMap<i32, i64> = targets.iter().map(|t| (t.year, t.points)).collect();
+    if let Some(next) = points_expiry::upcoming(policy, &history.moves, &expired, now_ms)
+        && points_expiry::reminder_due(policy, &next, now_ms)
+    {
+        let last_day = rules::local_date(
+            next.deadline_ms.saturating_sub(1),
+            policy.utc_offset_seconds,
+        )
+        .map(rules::format_date);
+        let data = serde_json::json!({
+            "member_id": canonical, "points": next.points, "earned_in": next.year,
+            "expires_at_ms": next.deadline_ms, "last_day": last_day,
+        });
+        if outbox::enqueue(
+            conn,
+            &points_expiry::reminder_message_id(canonical, next.year),
+            "points_expiry_reminder",
+            Some(canonical),
+            &data,
+            now_ms,
+        )? {
+            run.points_expiry_reminders += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Expire points under the rules' policy (if any) and queue reminders, for every member group
+/// holding points entries ([`expire_member`]). Idempotent: a run that finds everything in line
+/// writes nothing.
+pub fn expire_points(
+    conn: &Connection,
+    local: &mut Local,
+    now_ms: u64,
+) -> Result<ExpiryRun, ApiError> {
+    let mut run = ExpiryRun::default();
+    let Some(policy) = local.rules.points_expiry.clone() else {
+        return Ok(run);
+    };
+    let members: Vec<String> = conn
+        .prepare_cached(
+            "SELECT m.id FROM members m WHERE m.merged_into IS NULL AND EXISTS (
+                 SELECT 1 FROM ledger l WHERE l.account = 'points'
+                   AND l.member_id IN (SELECT g.id FROM members g
+                                       WHERE g.id = m.id OR g.merged_into = m.id))
+             ORDER BY m.id",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in members {
+        let Ok(member_id) = Uuid::parse_str(&id) else {
+            continue;
+        };
+        expire_member(conn, local, &policy, member_id, now_ms, &mut run)?;
+    }
+    Ok(run)
+}
+
+/// After relayed operations are applied: revise the expiries of the members for whom a points
+/// entry dated before an expiry already due arrived (a spend made at a store that was cut off,
+/// say). `entries`: the relayed ledger entries (others than expiries are looked at).
+pub fn revise_expiries_after_relay(
+    conn: &Connection,
+    local: &mut Local,
+    entries: &[&chainsync_core::ledger::LedgerEntry],
+    now_ms: u64,
+) -> Result<ExpiryRun, ApiError> {
+    let mut run = ExpiryRun::default();
+    let Some(policy) = local.rules.points_expiry.clone() else {
+        return Ok(run);
+    };
+    let Some(latest_deadline) = points_expiry::latest_deadline_ms(&policy, now_ms) else {
+        return Ok(run);
+    };
+    let mut members = BTreeSet::new();
+    for entry in entries {
+        if entry.account == Account::Points
+            && entry.kind != EntryKind::PointsExpire
+            && entry.hlc.wall_ms < latest_deadline
+        {
+            members.insert(entry.member_id);
+        }
+    }
+    for member in members {
+        let canonical: Option<String> = conn
+            .prepare_cached("SELECT COALESCE(merged_into, id) FROM members WHERE id = ?1")?
+            .query_row([member.to_string()], |row| row.get(0))
+            .optional()?;
+        let Some(Ok(canonical)) = canonical.as_deref().map(Uuid::parse_str) else {
+            continue;
+        };
+        expire_member(conn, local, &policy, canonical, now_ms, &mut run)?;
+    }
+    Ok(run)
+}
+
 /// `POST /api/v1/engagement/run`
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EngagementRunView {
@@ -246,6 +458,12 @@ pub struct EngagementRunView {
     pub date: String,
     /// Birthday greetings queued now (members greeted before this year are not counted).
     pub birthday_greetings: usize,
+    /// Points expiry entries written now (one per member and year).
+    pub points_expired_entries: usize,
+    /// Points expiry entries rewritten now with another amount (see `points_expire` in the docs).
+    pub points_expiry_revisions: usize,
+    /// Points expiry reminders queued now.
+    pub points_expiry_reminders: usize,
 }
 
 /// Queue a birthday greeting for every member whose birthday is today. The message id
@@ -293,11 +511,15 @@ pub fn run_daily(conn: &Connection, local: &mut Local, now_ms: u64) -> Result<Re
         }
     }
     crate::coupons::expiry_reminders(conn, now_ms)?;
+    let expiry = expire_points(conn, local, now_ms)?;
     Reply::new(
         200,
         &EngagementRunView {
             date: rules::format_date(today),
             birthday_greetings: queued,
+            points_expired_entries: expiry.points_expired_entries,
+            points_expiry_revisions: expiry.points_expiry_revisions,
+            points_expiry_reminders: expiry.points_expiry_reminders,
         },
     )
 }
@@ -520,6 +742,153 @@ mod tests {
             vec![member]
         );
         assert!(dormant(&conn, now - 40 * day as i64, 10)?.is_empty());
+        Ok(())
+    }
+
+    fn points_of(conn: &Connection, member: Uuid) -> anyhow::Result<i64> {
+        Ok(conn.query_row(
+            "SELECT points FROM members WHERE id = ?1",
+            [member.to_string()],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn expiry_amount(conn: &Connection, member: Uuid, year: i32) -> anyhow::Result<Vec<i64>> {
+        let id = chainsync_core::id::derived_id(&points_expiry::expiry_key(member, year));
+        Ok(conn
+            .prepare("SELECT amount FROM ledger WHERE id = ?1")?
+            .query_map([id.to_string()], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A spend from another store, dated `at_ms`, arriving by sync.
+    fn relayed_spend(
+        conn: &Connection,
+        local: &mut Local,
+        member: Uuid,
+        seq: u64,
+        at_ms: u64,
+        points: i64,
+        now_ms: u64,
+    ) -> anyhow::Result<ExpiryRun> {
+        use chainsync_core::hlc::HlcTimestamp;
+        use chainsync_core::ledger::LedgerEntry;
+        use chainsync_core::op::{Envelope, Op};
+        let origin = StoreId::parse("s2")?;
+        let hlc = HlcTimestamp {
+            wall_ms: at_ms,
+            counter: 0,
+        };
+        let entry = LedgerEntry {
+            id: Uuid::from_u128(0xabc0 + u128::from(seq)),
+            origin: origin.clone(),
+            seq,
+            hlc,
+            member_id: member,
+            kind: EntryKind::PointsRedeem,
+            account: Account::Points,
+            amount: -points,
+            checkout_id: None,
+            reason: None,
+            rule_version: 1,
+        };
+        let envelope = Envelope {
+            origin,
+            seq,
+            hlc,
+            op: Op::V1(OpV1::Ledger(entry.clone())),
+        };
+        chainsync_replica::project::apply_remote(conn, &local.store, &envelope)?;
+        revise_expiries_after_relay(conn, local, &[&entry], now_ms)
+            .map_err(|e| anyhow::anyhow!(e.message))
+    }
+
+    /// This year's points expire at its end (UTC+8): the reminder is queued once in the 40
+    /// days before; at the deadline one entry takes what is left, once however often the run
+    /// repeats; a spend dated before the deadline that arrives afterwards (made at a store cut
+    /// off) revises the same entry down, to 0 when it took everything, and the balance stays
+    /// the sum of the entries.
+    #[test]
+    fn points_expire_once_and_a_late_earlier_spend_revises_the_expiry() -> anyhow::Result<()> {
+        let policy = points_expiry::PointsExpiryPolicy {
+            years_kept: 0,
+            utc_offset_seconds: 8 * 3_600,
+            remind_days_before: 40,
+        };
+        let (_dir, conn, mut local) = setup()?;
+        local.rules.points_expiry = Some(policy.clone());
+        let member = register(&conn, &mut local, "13900000205", "1990-01-01")?;
+        for n in 0..3u64 {
+            check_in(&conn, &mut local, member, noon + n * day)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+        assert_eq!(points_of(&conn, member)?, 30);
+        let deadline = policy
+            .deadline_ms(2026)
+            .ok_or_else(|| anyhow::anyhow!("deadline"))?;
+        let run = |local: &mut Local, at: u64| {
+            expire_points(&conn, local, at).map_err(|e| anyhow::anyhow!(e.message))
+        };
+        let early = run(&mut local, deadline - 41 * day)?;
+        assert_eq!(early.points_expiry_reminders, 0);
+        assert_eq!(
+            run(&mut local, deadline - 20 * day)?.points_expiry_reminders,
+            1
+        );
+        assert_eq!(
+            run(&mut local, deadline - 19 * day)?.points_expiry_reminders,
+            0
+        );
+        let body: String = conn.query_row(
+            "SELECT body FROM outbox WHERE id = ?1",
+            [points_expiry::reminder_message_id(member, 2026)],
+            |r| r.get(0),
+        )?;
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(body["points"], 30);
+        assert_eq!(body["last_day"], "2026-12-31");
+        assert_eq!(body["expires_at_ms"], deadline);
+        assert_eq!(run(&mut local, deadline - 1)?.points_expired_entries, 0);
+
+        let expired = run(&mut local, deadline + 3_600_000)?;
+        assert_eq!(expired.points_expired_entries, 1);
+        assert_eq!(points_of(&conn, member)?, 0);
+        let again = run(&mut local, deadline + 2 * 3_600_000)?;
+        assert_eq!(
+            (again.points_expired_entries, again.points_expiry_revisions),
+            (0, 0)
+        );
+        assert_eq!(expiry_amount(&conn, member, 2026)?, vec![-30]);
+
+        // A 20-point spend made before the deadline arrives now: 10 points were left.
+        let now = deadline + 3 * 3_600_000;
+        let revised = relayed_spend(&conn, &mut local, member, 1, deadline - day, 20, now)?;
+        assert_eq!(revised.points_expiry_revisions, 1);
+        assert_eq!(expiry_amount(&conn, member, 2026)?, vec![-10]);
+        assert_eq!(points_of(&conn, member)?, 0);
+        // A spend after the deadline revises nothing (it overdraws: the hub's exceptions).
+        let after = relayed_spend(&conn, &mut local, member, 2, deadline + 1, 5, now)?;
+        assert_eq!(after.points_expiry_revisions, 0);
+        assert_eq!(points_of(&conn, member)?, -5);
+        // The rest of the points spent before the deadline too: the expiry is revised to 0.
+        let all = relayed_spend(&conn, &mut local, member, 3, deadline - 1, 10, now)?;
+        assert_eq!(all.points_expiry_revisions, 1);
+        assert_eq!(expiry_amount(&conn, member, 2026)?, vec![0]);
+        assert_eq!(points_of(&conn, member)?, -5);
+        let settled = run(&mut local, now + day)?;
+        assert_eq!(
+            (
+                settled.points_expired_entries,
+                settled.points_expiry_revisions
+            ),
+            (0, 0)
+        );
+        let sum: i64 = conn.query_row(
+            "SELECT SUM(amount) FROM ledger WHERE member_id = ?1 AND account = 'points'",
+            [member.to_string()],
+            |r| r.get(0),
+        )?;
+        assert_eq!(sum, points_of(&conn, member)?);
         Ok(())
     }
 }

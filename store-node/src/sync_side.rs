@@ -119,6 +119,37 @@ impl StoreSide for SqliteStoreSide {
                         }
                     }
                 }
+                // A points entry dated before an expiry already due (a spend made at a store
+                // that was cut off) revises that expiry now; a failure there is logged and
+                // rolled back alone (the daily run tries again).
+                let entries: Vec<&chainsync_core::ledger::LedgerEntry> = ops
+                    .iter()
+                    .filter(|op| op.hub_seq > cursor)
+                    .filter_map(|op| match &op.envelope.op {
+                        chainsync_core::op::Op::V1(chainsync_core::op::OpV1::Ledger(entry)) => {
+                            Some(entry)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    let savepoint_ok = conn.execute_batch("SAVEPOINT expiries").is_ok();
+                    match crate::engagement::revise_expiries_after_relay(
+                        conn, local, &entries, now_ms,
+                    ) {
+                        Ok(_) => {
+                            if savepoint_ok {
+                                conn.execute_batch("RELEASE expiries")?;
+                            }
+                        }
+                        Err(e) => {
+                            if savepoint_ok {
+                                conn.execute_batch("ROLLBACK TO expiries; RELEASE expiries")?;
+                            }
+                            tracing::warn!(error = %e.message, "revising points expiries failed");
+                        }
+                    }
+                }
                 chainsync_replica::sqlite::set_meta(conn, meta_relay_cursor, &upto.to_string())?;
                 chainsync_replica::sqlite::set_meta(conn, meta_last_sync_ms, &now_ms.to_string())?;
                 Ok(Reply {

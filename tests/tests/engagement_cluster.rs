@@ -2,7 +2,9 @@
 //! reached day by day (the cluster follows one test clock, `CHAINSYNC_TEST_CLOCK_FILE`), with
 //! the 7th day at a store cut off from the hub; referral rewards (老带新) exactly once when the
 //! referee's first purchases happen at two stores apart (also for a referee registered twice);
-//! all converging after sync.
+//! points expiry applied at a store cut off and at a connected one, revised when an earlier
+//! spend arrives late, with its reminder delivered once across a `kill -9`; all converging
+//! after sync.
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -304,5 +306,184 @@ fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart
     assert_eq!(again["points"], 245, "{again}");
     wait_until("converged again", bounded, || converged(&hub, &[&a, &b]))?;
     assert_eq!(points(&hub.api, &hub.token, &r)?, 400);
+    Ok(())
+}
+
+fn expiry_entries(api: &tests::Api, token: &str, member: &str) -> Result<Vec<Value>> {
+    let (status, ledger) = api.get(&format!("/api/v1/members/{member}/ledger"), Some(token))?;
+    anyhow::ensure!(status == 200, "ledger: {status} {ledger}");
+    Ok(ledger["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| e["kind"] == "points_expire")
+        .cloned()
+        .collect())
+}
+
+/// Points expiry with HQ's policy (points of a year expire at its end, China time; reminders
+/// 40 days before), one cluster: hub, store A behind a cuttable relay, store B.
+/// - The reminder is queued at both stores (same message id), also after a `kill -9` of B and
+///   the daily job run again at its restart and by hand: the deduplicating receiver gets it
+///   exactly once, naming the points and the last day.
+/// - A, cut off, spends 30 points before the deadline; past it, A (cut off) and then B
+///   (connected, not knowing that spend) both expire: B too much. When the link returns, B
+///   learns of A's earlier spend and revises the expiry (same id, written later): every node
+///   ends with one `points_expire` entry of what A really had left, 0 points, equal digests.
+#[test]
+fn points_expire_once_at_stores_apart_and_a_late_earlier_spend_revises_the_amount() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock = TestClock::new(dir.path())?;
+    let hook = tests::webhook::Webhook::start()?;
+    let mut env = clock.env();
+    env.push(("STORE_NODE_WEBHOOK_URL".to_owned(), hook.url().to_owned()));
+    let hub = Hub::start_with_env(dir.path(), &clock.env())?;
+    let relay = UdpRelay::start(hub.quic)?;
+    let bundle_a = hub.enroll("xa", dir.path())?;
+    point_bundle_at(&bundle_a, relay.address)?;
+    let a = Store::start_with_env("xa", dir.path(), &bundle_a, &env)?;
+    let mut b = Store::start_with_env("xb", dir.path(), &hub.enroll("xb", dir.path())?, &env)?;
+
+    let (_, mut rules) = hub.get("/api/v1/rules")?;
+    rules["points_expiry"] = json!({"years_kept": 11});
+    let (status, refused) = hub_put_rules(&hub, &rules)?;
+    assert_eq!(status, 422, "{refused}");
+    rules["points_expiry"] =
+        json!({"years_kept": 0, "utc_offset": "+08:00", "remind_days_before": 40});
+    let (status, set) = hub_put_rules(&hub, &rules)?;
+    assert_eq!(status, 200, "{set}");
+    wait_until("the rules at both stores", bounded, || {
+        Ok(rules_version(&a)? == 2 && rules_version(&b)? == 2)
+    })?;
+    // The deadline of this year's points: 1 January next year, 00:00 China time.
+    let policy = chainsync_core::points_expiry::PointsExpiryPolicy {
+        years_kept: 0,
+        utc_offset_seconds: 8 * 3_600,
+        remind_days_before: 40,
+    };
+    let start = clock.now_ms()? as i64;
+    let year = policy.year_of(start as u64).context("year")?;
+    let deadline = policy.deadline_ms(year).context("deadline")? as i64;
+    // Test time `at` (Unix ms) from now on.
+    let set_time = |at: i64| clock.set_offset_ms((at - start).max(0));
+    set_time(deadline - 20 * day_ms)?;
+
+    let member = a.ok(
+        "/api/v1/members",
+        &json!({"name": "积分", "phone": "13900008301"}),
+    )?;
+    let id = member["id"].as_str().context("id")?.to_owned();
+    a.ok(
+        "/api/v1/products",
+        &json!({"sku": "CAKE", "name": "蛋糕", "price_fen": 10_000}),
+    )?;
+    a.ok(
+        "/api/v1/products",
+        &json!({"sku": "CANDY", "name": "糖", "price_fen": 30}),
+    )?;
+    a.ok(
+        "/api/v1/checkouts",
+        &json!({"member_id": id, "lines": [{"sku": "CAKE", "qty": 1}],
+                "payments": [{"method": "cash", "amount_fen": 10_000}]}),
+    )?;
+    let held = points(&a.api, &a.manager, &id)?;
+    assert!(held > 30, "the checkout earned points: {held}");
+    wait_until("b has the points", bounded, || {
+        Ok(b.get(&format!("/api/v1/members/{id}"))?.0 == 200
+            && points(&b.api, &b.manager, &id)? == held)
+    })?;
+
+    // Reminders: queued at both stores (one id), twice each, delivered once per id.
+    for store in [&a, &b, &a, &b] {
+        store.ok("/api/v1/engagement/run", &json!({}))?;
+    }
+    let reminder_id = format!("points_expiry_reminder:{id}:{year}");
+    wait_until("the reminder delivered", bounded, || {
+        Ok(hook.distinct().contains_key(&reminder_id))
+    })?;
+    // kill -9 B, restart it (its daily job runs at start) and run the job again by hand.
+    b.kill9();
+    b.restart()?;
+    let rerun = b.ok("/api/v1/engagement/run", &json!({}))?;
+    assert_eq!(rerun["points_expiry_reminders"], 0, "{rerun}");
+    wait_until("b's outbox drained", bounded, || {
+        let (_, pending) = b.get("/api/v1/outbox?status=pending&limit=500")?;
+        Ok(pending["messages"].as_array().is_some_and(|m| m.is_empty()))
+    })?;
+    let (_, delivered) = b.get("/api/v1/outbox?status=delivered&limit=500")?;
+    let at_b: Vec<&Value> = delivered["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter(|m| m["kind"] == "points_expiry_reminder")
+        .collect();
+    assert_eq!(at_b.len(), 1, "{delivered}");
+    assert_eq!(at_b[0]["id"], reminder_id.as_str());
+    let reminders: Vec<String> = hook
+        .distinct()
+        .into_keys()
+        .filter(|k| k.starts_with("points_expiry_reminder:"))
+        .collect();
+    assert_eq!(reminders, vec![reminder_id.clone()]);
+    let message = &hook.distinct()[&reminder_id];
+    assert_eq!(message["kind"], "points_expiry_reminder", "{message}");
+    assert_eq!(message["data"]["points"], held, "{message}");
+    assert_eq!(message["data"]["expires_at_ms"], deadline, "{message}");
+    assert_eq!(
+        message["data"]["last_day"],
+        format!("{year}-12-31"),
+        "{message}"
+    );
+
+    // A cut off spends 30 points an hour before the deadline.
+    relay.cut();
+    wait_until("a offline", bounded, || {
+        Ok(a.sync_status()?["link"] != "online")
+    })?;
+    set_time(deadline - 3_600_000)?;
+    a.ok(
+        "/api/v1/checkouts",
+        &json!({"member_id": id, "lines": [{"sku": "CANDY", "qty": 1}],
+                "payments": [{"method": "points", "amount_fen": 30}]}),
+    )?;
+    let left = points(&a.api, &a.manager, &id)?;
+    assert_eq!(left, held - 30);
+
+    // Past the deadline: A (cut off) expires what it knows is left, then B (connected) what
+    // it knows: too much, written later.
+    set_time(deadline + 3_600_000)?;
+    for (store, expected) in [(&a, left), (&b, held)] {
+        let run = store.ok("/api/v1/engagement/run", &json!({}))?;
+        assert_eq!(run["points_expired_entries"], 1, "{} {run}", store.id);
+        assert_eq!(points(&store.api, &store.manager, &id)?, 0, "{}", store.id);
+        let entries = expiry_entries(&store.api, &store.manager, &id)?;
+        assert_eq!(entries.len(), 1, "{} {entries:?}", store.id);
+        assert_eq!(entries[0]["amount"], -expected, "{}", store.id);
+        let again = store.ok("/api/v1/engagement/run", &json!({}))?;
+        assert_eq!(again["points_expired_entries"], 0, "{again}");
+        assert_eq!(again["points_expiry_revisions"], 0, "{again}");
+    }
+
+    // The link returns: B learns of the earlier spend and revises its expiry.
+    relay.restore();
+    wait_until("converged", bounded, || converged(&hub, &[&a, &b]))?;
+    for (name, api, token) in [
+        ("hub", &hub.api, &hub.token),
+        ("a", &a.api, &a.manager),
+        ("b", &b.api, &b.manager),
+    ] {
+        assert_eq!(points(api, token, &id)?, 0, "{name}");
+        let entries = expiry_entries(api, token, &id)?;
+        assert_eq!(entries.len(), 1, "{name} {entries:?}");
+        assert_eq!(entries[0]["amount"], -left, "{name} {entries:?}");
+        balances_match_ledgers(api, token)?;
+    }
+    // Nothing more to do anywhere.
+    for store in [&a, &b] {
+        let run = store.ok("/api/v1/engagement/run", &json!({}))?;
+        assert_eq!(run["points_expired_entries"], 0, "{run}");
+        assert_eq!(run["points_expiry_revisions"], 0, "{run}");
+    }
+    assert!(converged(&hub, &[&a, &b])?);
     Ok(())
 }

@@ -13,6 +13,15 @@
 //! same id. If their entries differ (another rule version, another duplicate member), every
 //! replica keeps the one written first by (HLC, origin, seq) ([`LedgerEntry::wins_over`]): a
 //! minimum, hence commutative, associative and idempotent like the union.
+//!
+//! **Replaceable entries**: a points expiry (`points_expire`) is the one exception. Its amount
+//! is a deterministic function of the member's entries dated before the deadline, so a node
+//! that learns of an earlier entry recomputes it and, if it differs, writes the *same id* again
+//! (a revision, possibly 0 points). Of two `points_expire` entries with one id the one written
+//! *last* by (HLC, origin, seq) stays. [`LedgerEntry::wins_over`] is still one strict total order
+//! over all entries (non-replaceable before replaceable; first-written among the former,
+//! last-written among the latter), so the kept entry is the maximum of a total order: order-
+//! independent, commutative, associative and idempotent as before.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -131,7 +140,9 @@ impl LedgerEntry {
             RechargePrincipal | RechargeBonus | Refund | PointsEarn | PointsReward => {
                 (self.amount > 0, "positive")
             }
-            Spend | PointsRedeem | PointsExpire => (self.amount < 0, "negative"),
+            Spend | PointsRedeem => (self.amount < 0, "negative"),
+            // 0: an expiry revised away (the points were spent before the deadline after all).
+            PointsExpire => (self.amount <= 0, "negative or zero"),
             PointsAdjust | PointsReverse | StoredValueAdjust => (self.amount != 0, "non-zero"),
         };
         if !sign_ok {
@@ -144,11 +155,30 @@ impl LedgerEntry {
         Ok(())
     }
 
+    /// Whether a later entry with the same id replaces this one (a points expiry, revised
+    /// when earlier entries arrive: see the module documentation).
+    pub fn is_replaceable(&self) -> bool {
+        self.kind == EntryKind::PointsExpire
+    }
+
     /// Of two entries with the same id, the one every replica keeps: the first written by
     /// (HLC, origin, seq), then by content (one operation holds one entry, so that only
-    /// decides between malformed twins). A total order, so the choice does not depend on
-    /// arrival order.
+    /// decides between malformed twins); for two replaceable entries (points expiries) the
+    /// last written by the same key; a non-replaceable entry over a replaceable one. A strict
+    /// total order, so the choice does not depend on arrival order.
     pub fn wins_over(&self, other: &LedgerEntry) -> bool {
+        match (self.is_replaceable(), other.is_replaceable()) {
+            (false, true) => return true,
+            (true, false) => return false,
+            (true, true) => return other.written_before(self),
+            (false, false) => {}
+        }
+        self.written_before(other)
+    }
+
+    /// The order of [`LedgerEntry::wins_over`] among entries of one class: by (HLC, origin,
+    /// seq), then by content.
+    fn written_before(&self, other: &LedgerEntry) -> bool {
         let key = |e: &LedgerEntry| {
             (
                 e.hlc,
@@ -322,27 +352,77 @@ mod tests {
         assert_eq!(balances.stored_value().unwrap(), Fen(43_000));
     }
 
+    #[test]
+    fn a_revised_expiry_replaces_the_earlier_one_and_a_reward_keeps_the_first() {
+        let at = |entry: &mut LedgerEntry, wall_ms: u64, seq: u64| {
+            entry.hlc.wall_ms = wall_ms;
+            entry.seq = seq;
+        };
+        let mut first = entry(9, EntryKind::PointsExpire, Account::Points, -70);
+        at(&mut first, 100, 1);
+        let mut revised = entry(9, EntryKind::PointsExpire, Account::Points, 0);
+        at(&mut revised, 200, 2);
+        assert!(
+            revised.validate().is_ok(),
+            "an expiry revised to 0 is valid"
+        );
+        assert!(revised.wins_over(&first) && !first.wins_over(&revised));
+        for order in [[&first, &revised], [&revised, &first]] {
+            let mut ledger = MemberLedger::default();
+            for e in order {
+                ledger.insert(e.clone());
+            }
+            assert_eq!(ledger.balances_of(Uuid::from_u128(1)).unwrap().points, 0);
+        }
+        let mut reward = entry(8, EntryKind::PointsReward, Account::Points, 50);
+        at(&mut reward, 100, 1);
+        let mut twin = reward.clone();
+        twin.amount = 60;
+        at(&mut twin, 200, 2);
+        assert!(reward.wins_over(&twin) && !twin.wins_over(&reward));
+        assert!(
+            entry(1, EntryKind::PointsExpire, Account::Points, 1)
+                .validate()
+                .is_err()
+        );
+    }
+
     mod merge {
         use super::*;
         use proptest::prelude::*;
 
         fn arbitrary_entry() -> impl Strategy<Value = LedgerEntry> {
             // Few ids, so the same id often arrives with different contents.
-            (0u128..4, 0u64..3, 0u32..2, 0usize..2, 0u64..3, 1i64..500).prop_map(
-                |(id, wall_ms, counter, origin, seq, amount)| LedgerEntry {
-                    id: Uuid::from_u128(id),
-                    origin: StoreId::parse(["s1", "s2"][origin]).unwrap(),
-                    seq,
-                    hlc: HlcTimestamp { wall_ms, counter },
-                    member_id: Uuid::from_u128(1),
-                    kind: EntryKind::PointsReward,
-                    account: Account::Points,
-                    amount,
-                    checkout_id: None,
-                    reason: None,
-                    rule_version: 1,
-                },
+            // Rewards (first written stays) and expiries (last written stays), also mixed
+            // under one id.
+            (
+                0u128..4,
+                0u64..3,
+                0u32..2,
+                0usize..2,
+                0u64..3,
+                1i64..500,
+                any::<bool>(),
             )
+                .prop_map(|(id, wall_ms, counter, origin, seq, amount, expiry)| {
+                    LedgerEntry {
+                        id: Uuid::from_u128(id),
+                        origin: StoreId::parse(["s1", "s2"][origin]).unwrap(),
+                        seq,
+                        hlc: HlcTimestamp { wall_ms, counter },
+                        member_id: Uuid::from_u128(1),
+                        kind: if expiry {
+                            EntryKind::PointsExpire
+                        } else {
+                            EntryKind::PointsReward
+                        },
+                        account: Account::Points,
+                        amount: if expiry { 1 - amount } else { amount },
+                        checkout_id: None,
+                        reason: None,
+                        rule_version: 1,
+                    }
+                })
         }
 
         proptest! {

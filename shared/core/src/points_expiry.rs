@@ -13,15 +13,21 @@
 //! every point consumed before `D_Y` and `X(<Y)` what already expired for earlier years
 //! (tested against a step-by-step lot simulation).
 //!
-//! Convergence: the amount is a function of the *set* of movements (sums, no order), so every
-//! replica holding the same entries computes the same amount. The expiry is written as an
-//! immutable `points_expire` ledger entry whose id is derived from `points_expire:<member>:<Y>`
-//! ([`expiry_key`]): two stores (or runs) that decide it while apart write the same id, the
-//! ledger's set union keeps one entry (the first by HLC, origin, seq), so a year's points can
-//! never expire twice. A year with an entry is never recomputed (its written amount counts as
-//! consumed for later years). What a run cannot know is a spend made before the deadline at a
-//! store still cut off: the run then expires too much, and when the spend arrives the member's
-//! points go below zero and show in the hub's exception queue (nothing is rolled back).
+//! Convergence: the amount is a function of the *set* of movements dated before the deadline
+//! (sums, no order; [`targets`]), so every replica holding the same entries computes the same
+//! amount. It is written as a `points_expire` ledger entry whose id is derived from
+//! `points_expire:<member>:<Y>` ([`expiry_key`]): two stores (or runs) that decide it while
+//! apart write the same id, and a replica keeps one entry per id, so a year's points can never
+//! expire twice. A store that runs the expiry before an earlier spend made at a store still cut
+//! off has arrived expires too much; when that spend arrives (or at the next daily run) the
+//! store recomputes [`targets`] and, if the held entry's amount differs, writes the same id
+//! again (a *revision*, 0 points if nothing was left). Of two `points_expire` entries with one
+//! id the one written last by (HLC, origin, seq) stays (`ledger::LedgerEntry::wins_over`). A
+//! revision is written only by a node that holds every entry the held one was computed from
+//! (everything reaches a store through the hub's log, in causal order) plus more, so once every
+//! replica holds every entry dated before the deadline, every node computes the same amount,
+//! any node that still sees another amount writes that same amount, and the last-written entry
+//! carries it everywhere.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -199,6 +205,27 @@ pub fn due(
         }
     }
     out
+}
+
+/// What every year whose deadline passed by `now_ms` expires, oldest first, computed from the
+/// movements alone (`moves`: expiries excluded, any order). A year's amount depends only on the
+/// movements dated before its deadline (property-tested), so it does not change once those
+/// have all arrived, whoever computes it and whenever. Years whose points were all spent are
+/// left out (an expiry entry held for one of them is revised to 0).
+pub fn targets(policy: &PointsExpiryPolicy, moves: &[PointsMove], now_ms: u64) -> Vec<Expiry> {
+    due(policy, moves, &BTreeMap::new(), now_ms)
+}
+
+/// The start of the newest deadline at or before `now_ms` (00:00 on 1 January of `now_ms`'s
+/// year in the policy's zone): a movement dated before it can change an expiry that is
+/// already due; one dated after cannot.
+pub fn latest_deadline_ms(policy: &PointsExpiryPolicy, now_ms: u64) -> Option<u64> {
+    let year = policy.year_of(now_ms)?;
+    let same_year = PointsExpiryPolicy {
+        years_kept: 0,
+        ..policy.clone()
+    };
+    same_year.deadline_ms(year.checked_sub(1)?)
 }
 
 /// The next expiry after `now_ms` if nothing more is spent: the oldest year whose deadline is
@@ -436,6 +463,33 @@ mod tests {
     }
 
     proptest! {
+        /// The targets at any time are a function of the set of movements dated before each
+        /// deadline: shuffled, with later movements added, every due year keeps its amount.
+        #[test]
+        fn targets_depend_only_on_movements_before_the_deadline(
+            mut moves in arbitrary_moves(),
+            later in arbitrary_moves(),
+            at_year in 2025i32..2031,
+            shuffle_seed in 0usize..1000,
+        ) {
+            let policy = utc();
+            let now = new_year(at_year) + 7;
+            let before: Vec<(i32, i64)> = targets(&policy, &moves, now)
+                .iter().map(|e| (e.year, e.points)).collect();
+            // Each due year is what the lot simulation of the movements so far expires.
+            let so_far: Vec<PointsMove> = moves.iter().filter(|m| m.at_ms <= now).copied().collect();
+            prop_assert_eq!(&before, &simulate(&policy, &so_far, now));
+            let len = moves.len().max(1);
+            moves.rotate_left(shuffle_seed % len);
+            moves.reverse();
+            // Movements dated at or after `now` (hence after every due deadline).
+            moves.extend(later.iter().map(|m| PointsMove { at_ms: m.at_ms + (now - new_year(2024)), ..*m }));
+            let after: Vec<(i32, i64)> = targets(&policy, &moves, now)
+                .iter().map(|e| (e.year, e.points)).collect();
+            prop_assert_eq!(&after, &before);
+            prop_assert!(latest_deadline_ms(&policy, now).is_some_and(|d| d <= now && now - d < 366 * day_ms));
+        }
+
         /// The closed form equals the lot simulation, whatever the moves and their order, and
         /// writing expiries run by run (feeding the written ones back) expires exactly what
         /// one late run does: no year twice, none lost.

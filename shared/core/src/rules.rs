@@ -79,8 +79,8 @@ pub struct Rules {
     /// each, no stored value.
     #[serde(default)]
     pub referral: crate::referral::ReferralReward,
-    /// Points expiry (absent: points never expire). Not applied by stores yet: validated and
-    /// replicated only.
+    /// Points expiry (absent: points never expire); stores apply it in their daily engagement
+    /// run (`points_expire` entries, reminders to the outbox).
     #[serde(default)]
     pub points_expiry: Option<crate::points_expiry::PointsExpiryPolicy>,
     /// Points campaigns (multipliers on top of the tier's); none by default.

@@ -79,6 +79,8 @@ enum Sign {
     Positive,
     Negative,
     NonZero,
+    /// Zero or below (a points expiry, 0 once revised away).
+    NonPositive,
 }
 
 impl Sign {
@@ -87,6 +89,7 @@ impl Sign {
             Sign::Positive => amount > 0,
             Sign::Negative => amount < 0,
             Sign::NonZero => amount != 0,
+            Sign::NonPositive => amount <= 0,
         }
     }
 }
@@ -130,7 +133,7 @@ const VALID_SHAPES: [(EntryKind, Account, Sign); 13] = [
         Sign::NonZero,
     ),
     (EntryKind::PointsReward, Account::Points, Sign::Positive),
-    (EntryKind::PointsExpire, Account::Points, Sign::Negative),
+    (EntryKind::PointsExpire, Account::Points, Sign::NonPositive),
 ];
 
 /// Fails to compile when a kind is added, so that `ALL_KINDS` and `VALID_SHAPES` get updated.
@@ -195,7 +198,7 @@ fn entry_strategy(amount_max: i64) -> impl Strategy<Value = LedgerEntry> {
             )| {
                 let amount = match sign {
                     Sign::Positive => magnitude,
-                    Sign::Negative => -magnitude,
+                    Sign::Negative | Sign::NonPositive => -magnitude,
                     Sign::NonZero if negate => -magnitude,
                     Sign::NonZero => magnitude,
                 };

@@ -11,7 +11,7 @@
 
 use chainsync_core::StoreId;
 use chainsync_core::hlc::HlcTimestamp;
-use chainsync_core::ledger::{Account, LedgerEntry};
+use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
 use chainsync_core::member::MemberDoc;
 use chainsync_core::op::{Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleRecord};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -145,8 +145,9 @@ pub fn account_name(account: Account) -> &'static str {
 
 /// Add a ledger entry and move the member's cached balance by its amount. An entry whose id is
 /// already held (a derived id written by two stores apart: a referral reward, a points expiry)
-/// replaces the held one only if it was written first by (HLC, origin, seq), so every replica
-/// keeps the same one whatever the arrival order (`LedgerEntry::wins_over`).
+/// replaces the held one only if it was written first by (HLC, origin, seq), or, for a points
+/// expiry over a points expiry (a revision), last; so every replica keeps the same one whatever
+/// the arrival order (`LedgerEntry::wins_over`).
 pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<()> {
     project_ledger_new(conn, entry).map(|_| ())
 }
@@ -154,9 +155,10 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
 /// [`project_ledger`], saying whether the projection changed (the entry was new, or it
 /// replaced a held entry with the same id); projecting the same entry again says `false`.
 pub fn project_ledger_new(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<bool> {
-    let held: Option<(String, i64, i64, String, i64)> = conn
+    let held: Option<(String, i64, i64, String, i64, String)> = conn
         .prepare_cached(
-            "SELECT member_id, hlc_wall_ms, hlc_counter, origin, seq FROM ledger WHERE id = ?1",
+            "SELECT member_id, hlc_wall_ms, hlc_counter, origin, seq, kind FROM ledger
+             WHERE id = ?1",
         )?
         .query_row([entry.id.to_string()], |row| {
             Ok((
@@ -165,17 +167,28 @@ pub fn project_ledger_new(conn: &Connection, entry: &LedgerEntry) -> rusqlite::R
                 row.get(2)?,
                 row.get(3)?,
                 row.get(4)?,
+                row.get(5)?,
             ))
         })
         .optional()?;
-    if let Some((held_member, wall_ms, counter, origin, seq)) = held {
+    if let Some((held_member, wall_ms, counter, origin, seq, held_kind)) = held {
         let incoming = (
             entry.hlc.wall_ms as i64,
             i64::from(entry.hlc.counter),
             entry.origin.as_str(),
             entry.seq as i64,
         );
-        if incoming >= (wall_ms, counter, origin.as_str(), seq) {
+        let held_key = (wall_ms, counter, origin.as_str(), seq);
+        // The order of `LedgerEntry::wins_over` (one operation holds one entry, so equal keys
+        // are the same entry).
+        let held_replaceable = held_kind == EntryKind::PointsExpire.as_str();
+        let replaces = match (entry.is_replaceable(), held_replaceable) {
+            (false, true) => true,
+            (true, false) => false,
+            (true, true) => incoming > held_key,
+            (false, false) => incoming < held_key,
+        };
+        if !replaces {
             return Ok(false);
         }
         conn.prepare_cached(
@@ -572,4 +585,115 @@ pub fn project_redemption(
         origin.as_str(),
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainsync_core::ledger::MemberLedger;
+    use proptest::prelude::*;
+
+    fn member() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn open() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::sqlite::replica_schema_v1)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms)
+             VALUES (?1, '13900000000', 'c', 'm', '{}', x'', 's1', 0)",
+            [member().to_string()],
+        )
+        .unwrap();
+        conn
+    }
+
+    fn arbitrary_entry() -> impl Strategy<Value = LedgerEntry> {
+        // Few ids, so one id often arrives several times: rewards (first written stays) and
+        // expiries, revised to other amounts (last written stays), also mixed under one id.
+        (
+            0u128..3,
+            0u64..4,
+            0usize..2,
+            1u64..4,
+            0i64..300,
+            any::<bool>(),
+        )
+            .prop_map(|(id, wall_ms, origin, seq, amount, expiry)| LedgerEntry {
+                id: Uuid::from_u128(id),
+                origin: StoreId::parse(["s1", "s2"][origin]).unwrap(),
+                seq: seq + wall_ms * 10,
+                hlc: HlcTimestamp {
+                    wall_ms,
+                    counter: 0,
+                },
+                member_id: member(),
+                kind: if expiry {
+                    EntryKind::PointsExpire
+                } else {
+                    EntryKind::PointsReward
+                },
+                account: Account::Points,
+                amount: if expiry { -amount } else { amount + 1 },
+                checkout_id: None,
+                reason: None,
+                rule_version: 1,
+            })
+    }
+
+    fn held(conn: &Connection) -> (Vec<(String, i64, String)>, i64) {
+        let rows = conn
+            .prepare("SELECT id, amount, kind FROM ledger ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        let points = conn
+            .query_row("SELECT points FROM members", [], |r| r.get(0))
+            .unwrap();
+        (rows, points)
+    }
+
+    proptest! {
+        /// The SQL projection keeps, per id, the entry the core's `MemberLedger` keeps
+        /// (`LedgerEntry::wins_over`), in any arrival order with duplicates, and the cached
+        /// points stay the sum of the kept entries.
+        #[test]
+        fn same_id_entries_project_like_the_core_in_any_order(
+            entries in proptest::collection::vec(arbitrary_entry(), 0..10),
+            rotate in 0usize..10,
+        ) {
+            // One operation per (origin, seq): drop twins that differ only in content.
+            let mut unique = std::collections::BTreeMap::new();
+            for e in entries {
+                unique.entry((e.origin.clone(), e.seq)).or_insert(e);
+            }
+            let entries: Vec<LedgerEntry> = unique.into_values().collect();
+            let mut core = MemberLedger::default();
+            for e in &entries {
+                core.insert(e.clone());
+            }
+            let expected: Vec<(String, i64, String)> = core
+                .entries()
+                .map(|e| (e.id.to_string(), e.amount, e.kind.as_str().to_owned()))
+                .collect();
+            let sum: i64 = expected.iter().map(|(_, a, _)| a).sum();
+            let mut order = entries.clone();
+            let len = order.len().max(1);
+            order.rotate_left(rotate % len);
+            order.reverse();
+            for sequence in [&entries, &order] {
+                let conn = open();
+                for e in sequence.iter().chain(sequence.iter()) {
+                    project_ledger_new(&conn, e).unwrap();
+                }
+                let (rows, points) = held(&conn);
+                prop_assert_eq!(&rows, &expected);
+                prop_assert_eq!(points, sum);
+            }
+        }
+    }
 }
