@@ -246,7 +246,7 @@ pub async fn bulk_issue(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<BulkIssued>), ApiError> {
     caller.require_operator()?;
-    let key = crate::idempotency::key_of(&headers)?;
+    let key = chainsync_replica::posted::idempotency_key(&headers)?;
     let request: BulkIssue = parse_body(&body)?;
     let mut filter = request.filter;
     if let Some(map) = filter.as_object_mut() {
@@ -471,7 +471,7 @@ pub async fn claim(
         .ok_or_else(ApiError::unknown_member)?;
     template_of(&hub, template_id).await?;
     // A retry with the same key is the same claim.
-    let claim_id = match crate::idempotency::key_of(&headers)? {
+    let claim_id = match chainsync_replica::posted::idempotency_key(&headers)? {
         Some(key) => {
             let code = rules::code_from_key(&format!("hub-claim:{key}:{template_id}:{known}"));
             Uuid::from_u128(code.get(1..).and_then(|d| d.parse().ok()).unwrap_or(0))

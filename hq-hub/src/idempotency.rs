@@ -4,13 +4,9 @@
 //! operation it answers; a repeat with the same key and request gets that answer again and
 //! writes nothing; the same key with another request is refused (422 `idempotency_key_reused`).
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
-use axum::http::HeaderMap;
 use chainsync_replica::api::ApiError;
+use chainsync_replica::posted::Idempotency;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 pub const schema_v1: &str = r#"
 CREATE TABLE hub_idempotency (
@@ -22,86 +18,11 @@ CREATE TABLE hub_idempotency (
 ) WITHOUT ROWID;
 "#;
 
-/// Longest `Idempotency-Key`.
-pub const key_chars_max: usize = 255;
-
-/// The request's `Idempotency-Key` (1 to 255 visible characters), if it has one.
-pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= key_chars_max)
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            ApiError::new(
-                400,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )
-        })
-}
-
-/// A key and the fingerprint of the request it came with.
-#[derive(Clone, Debug)]
-pub struct Keyed {
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// A write request: its route (`"POST /api/v1/…"`, the path as sent), key and body.
-pub struct Posted {
-    pub keyed: Option<Keyed>,
-    body: Bytes,
-}
-
-impl<S: Send + Sync> FromRequest<S> for Posted {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let route = format!("{} {}", request.method(), request.uri().path());
-        let key = key_of(request.headers())?;
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                let status = rejection.status().as_u16();
-                let code = if status == 413 {
-                    "body_too_large"
-                } else {
-                    "invalid_body"
-                };
-                ApiError::new(status, code, rejection.body_text())
-            })?;
-        let keyed = key.map(|key| {
-            let mut hasher = Sha256::new();
-            hasher.update(route.as_bytes());
-            hasher.update([0]);
-            hasher.update(&body);
-            Keyed {
-                key,
-                fingerprint: hex::encode(hasher.finalize()),
-            }
-        });
-        Ok(Posted { keyed, body })
-    }
-}
-
-impl Posted {
-    /// The body as JSON (400 `invalid_json` otherwise).
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))
-    }
-}
-
 /// The answer kept under this key, if the request was answered before; 422
 /// `idempotency_key_reused` when the key came with another request.
 pub fn recall(
     conn: &Connection,
-    keyed: &Keyed,
+    keyed: &Idempotency,
 ) -> Result<Option<(u16, serde_json::Value)>, ApiError> {
     let kept: Option<(String, u16, String)> = conn
         .prepare_cached("SELECT fingerprint, status, body FROM hub_idempotency WHERE key = ?1")
@@ -130,7 +51,7 @@ pub fn recall(
 /// Keep the answer under the key (call inside the transaction that writes what it answers).
 pub fn remember(
     conn: &Connection,
-    keyed: &Keyed,
+    keyed: &Idempotency,
     status: u16,
     body: &serde_json::Value,
     now_ms: u64,

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::commands::{Authority, Local};
 use crate::http::{AppState, Caller, member_id};
-use crate::posted::Posted;
+use chainsync_replica::posted::Posted;
 
 /// At most this many coupons in one checkout.
 pub const checkout_coupons_max: usize = 8;

@@ -2,31 +2,26 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use chainsync_core::rules::Rules;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::auth::{Role, User};
 use crate::commands;
-use crate::posted::Posted;
-use crate::writer::{Idempotency, Writer};
+use crate::writer::Writer;
 use chainsync_replica::api::BearerAuth;
 use chainsync_replica::api::{ApiError, Reply};
+use chainsync_replica::posted::Posted;
 use chainsync_replica::read::{self, MemberSearch, ReadPool};
 use chainsync_replica::views::*;
 
 /// Largest request body, in bytes.
 pub const request_body_bytes_max: usize = 256 * 1024;
-/// Longest `Idempotency-Key`.
-pub const idempotency_key_chars_max: usize = 255;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -96,37 +91,6 @@ impl Caller {
             ))
         }
     }
-}
-
-/// The request's `Idempotency-Key`, fingerprinted with its route and body.
-pub fn idempotency(
-    headers: &HeaderMap,
-    route: &str,
-    body: &Bytes,
-) -> Result<Option<Idempotency>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|key| !key.is_empty() && key.len() <= idempotency_key_chars_max)
-        .ok_or_else(|| {
-            ApiError::new(
-                400,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )
-        })?;
-    let mut hasher = Sha256::new();
-    hasher.update(route.as_bytes());
-    hasher.update([0]);
-    hasher.update(body);
-    Ok(Some(Idempotency {
-        key: key.to_owned(),
-        fingerprint: hex::encode(hasher.finalize()),
-    }))
 }
 
 /// The member id of a `/members/{id}/…` path (404 `unknown_member` when it is not an id).

@@ -29,7 +29,6 @@ pub mod http;
 pub mod member_search;
 pub mod membership_http;
 pub mod outbox;
-pub mod posted;
 pub mod program;
 pub mod refunds;
 pub mod stock;

@@ -135,7 +135,7 @@ async fn create_feedback(
     State(app): State<AppState>,
     _caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    post: crate::posted::Posted,
+    post: chainsync_replica::posted::Posted,
 ) -> Result<Reply, ApiError> {
     let id = crate::http::member_id(path)?;
     let request: engagement::NewFeedback = post.json()?;

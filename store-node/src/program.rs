@@ -2,7 +2,6 @@
 //! signup gifts, manual points adjustments (manager role) and count cards.
 
 use crate::http::member_id;
-use crate::posted::Posted;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
@@ -17,6 +16,7 @@ use chainsync_core::op::OpV1;
 use chainsync_core::rules::Rules;
 use chainsync_core::{Fen, limits};
 use chainsync_replica::api::{ApiError, Reply};
+use chainsync_replica::posted::Posted;
 use chainsync_replica::program::{
     self, CountCardList, CountCardTemplateList, CountCardView, GiftList, RulesView,
 };

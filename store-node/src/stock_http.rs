@@ -10,12 +10,12 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::http::{AppState, Caller};
-use crate::posted::Posted;
 use crate::stock::{
     self, MovementsReply, NewCounts, NewStockMovements, NewStocktake, NewThreshold, NewTransfer,
     StocktakeView, TransferLinesInput,
 };
 use chainsync_replica::api::{ApiError, Reply};
+use chainsync_replica::posted::Posted;
 use chainsync_replica::stock::{StockLevelView, TransferFilter, TransferView};
 use chainsync_replica::views::ErrorBody;
 

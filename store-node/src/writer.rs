@@ -23,12 +23,7 @@ pub const writer_queue_max: usize = 1024;
 
 pub type Job = Box<dyn FnOnce(&Connection, &mut Local, u64) -> Result<Reply, ApiError> + Send>;
 
-/// An `Idempotency-Key` and a fingerprint of the request it came with.
-#[derive(Clone, Debug)]
-pub struct Idempotency {
-    pub key: String,
-    pub fingerprint: String,
-}
+pub use chainsync_replica::posted::Idempotency;
 
 struct Request {
     idempotency: Option<Idempotency>,

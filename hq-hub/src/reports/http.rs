@@ -210,14 +210,14 @@ pub async fn adjust(
     State(hub): State<HubState>,
     caller: Caller,
     path: Result<Path<Uuid>, PathRejection>,
-    post: crate::idempotency::Posted,
+    post: chainsync_replica::posted::Posted,
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     let id = path
         .map(|Path(id)| id)
         .map_err(|_| ApiError::unknown_member())?;
     let request: AdjustmentRequest = post.json()?;
-    let keyed = post.keyed;
+    let keyed = post.idempotency()?;
     let (account, kind) = match request.account.as_str() {
         "points" => (Account::Points, EntryKind::PointsAdjust),
         "stored_value" => (Account::Principal, EntryKind::StoredValueAdjust),

@@ -25,6 +25,7 @@ pub mod digest;
 pub mod engagement;
 pub mod lww;
 pub mod node;
+pub mod posted;
 pub mod program;
 pub mod project;
 pub mod read;

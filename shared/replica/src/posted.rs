@@ -1,15 +1,25 @@
-//! The common shape of a write request (`POST`): its JSON body and its `Idempotency-Key`,
-//! fingerprinted with the request's method, path and body. Handlers take a [`Posted`] instead of
-//! the raw headers and body, parse the body with [`Posted::json`], and hand the work to the
-//! writer with [`Posted::idempotency`] (see `Writer::write`).
+//! The common shape of a write request (`POST`), for the store's and the hub's HTTP APIs: its
+//! JSON body and its `Idempotency-Key`, fingerprinted with the request's method, path and body
+//! (the same key with another request can then be refused). Handlers take a [`Posted`] instead
+//! of the raw headers and body.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::HeaderMap;
-use bytes::Bytes;
-use chainsync_replica::api::ApiError;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
-use crate::writer::Idempotency;
+use crate::api::ApiError;
+
+/// Longest `Idempotency-Key`.
+pub const idempotency_key_chars_max: usize = 255;
+
+/// An `Idempotency-Key` and a fingerprint of the request it came with.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
 
 /// A write request's route (`"POST /api/v1/…"`, the path as sent), headers and body.
 pub struct Posted {
@@ -58,10 +68,40 @@ impl Posted {
     }
 
     /// The request's `Idempotency-Key` (none: not repeat-safe), fingerprinted with its route
-    /// and body so that the same key with another request is refused.
+    /// and body.
     pub fn idempotency(&self) -> Result<Option<Idempotency>, ApiError> {
-        crate::http::idempotency(&self.headers, &self.route, &self.body)
+        let Some(key) = idempotency_key(&self.headers)? else {
+            return Ok(None);
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(self.route.as_bytes());
+        hasher.update([0]);
+        hasher.update(&self.body);
+        Ok(Some(Idempotency {
+            key,
+            fingerprint: hex::encode(hasher.finalize()),
+        }))
     }
+}
+
+/// The request's `Idempotency-Key` (1 to 255 visible characters), if it has one.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| !key.is_empty() && key.len() <= idempotency_key_chars_max)
+        .map(|key| Some(key.to_owned()))
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })
 }
 
 /// A request body as JSON (400 `invalid_json` with serde's reason otherwise).
