@@ -1891,3 +1891,101 @@ fn a_refund_before_its_sale_moves_to_the_sale_tier() {
     assert_eq!(logged[0].subject, member.to_string());
     assert!(logged[0].detail.contains("birthday gift"));
 }
+
+/// The hub's tier report (`tiers_as_of`: one pass over the sales or the points entries, then
+/// the pure rule per member) and a member's tier as every replica reads it
+/// (`read::member_tier`: the member group's own entries) agree for each tier metric and
+/// downgrade policy, on the data set above (same-phone merges, refunds, points earned at
+/// sales), at instants where the policies differ.
+#[test]
+fn the_tier_report_agrees_with_each_members_tier_under_every_policy() {
+    use chainsync_core::tiers::{TierDowngrade, TierMetric};
+    let now = now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = hq_hub::db::open_writer(&dir.path().join("hub.db")).unwrap();
+    for (store, region) in stores {
+        conn.execute(
+            "INSERT INTO stores (store_id, name, region, enrolled_ms) VALUES (?1, ?1, ?2, 0)",
+            (store, region),
+        )
+        .unwrap();
+    }
+    let (_data, writers) = generate(now);
+    ingest_all(&mut conn, &writers, now as u64);
+    let members: Vec<Uuid> = conn
+        .prepare("SELECT id FROM members WHERE merged_into IS NULL")
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap()
+        .map(|id| Uuid::parse_str(&id.unwrap()).unwrap())
+        .collect();
+    assert!(members.len() >= 30, "{}", members.len());
+    let mut by_policy: HashMap<(TierMetric, TierDowngrade, i64), Vec<String>> = HashMap::new();
+    for metric in [TierMetric::Spend, TierMetric::Points] {
+        for downgrade in [
+            TierDowngrade::Rolling,
+            TierDowngrade::PeriodEnd,
+            TierDowngrade::Never,
+        ] {
+            let mut rules = Rules {
+                tier_metric: metric,
+                tier_downgrade: downgrade,
+                ..Rules::default()
+            };
+            for (tier, (yuan, points)) in
+                rules
+                    .tiers
+                    .iter_mut()
+                    .zip([(0, 0), (300, 300), (1_500, 1_500)])
+            {
+                tier.spend_threshold = Fen(yuan * 100);
+                tier.points_threshold = points;
+            }
+            rules.validate().unwrap();
+            // Tomorrow, and 400 days on (no entries after now: the rolling window has
+            // emptied, a period has turned).
+            for ahead_days in [1, 400] {
+                let as_of = now + ahead_days * day;
+                let (report, lowest) =
+                    hq_hub::reports::members::tiers_as_of(&conn, &rules, as_of).unwrap();
+                let mut tiers = Vec::new();
+                for id in &members {
+                    let read = chainsync_replica::read::member_tier(
+                        &conn,
+                        *id,
+                        &rules,
+                        (as_of - 1) as u64,
+                    )
+                    .unwrap()
+                    .name;
+                    assert_eq!(
+                        report.get(id).unwrap_or(&lowest),
+                        &read,
+                        "{metric:?} {downgrade:?} +{ahead_days} days, member {id}"
+                    );
+                    tiers.push(read);
+                }
+                by_policy.insert((metric, downgrade, ahead_days), tiers);
+            }
+        }
+    }
+    // Not vacuous: tiers above the lowest exist, and the policies give different tiers.
+    for metric in [TierMetric::Spend, TierMetric::Points] {
+        let tomorrow = &by_policy[&(metric, TierDowngrade::Rolling, 1)];
+        assert!(
+            tomorrow.iter().any(|t| t != "普通"),
+            "{metric:?}: {tomorrow:?}"
+        );
+        assert!(tomorrow.iter().collect::<HashSet<_>>().len() >= 2);
+        let rolling = &by_policy[&(metric, TierDowngrade::Rolling, 400)];
+        let never = &by_policy[&(metric, TierDowngrade::Never, 400)];
+        assert!(
+            rolling.iter().all(|t| t == "普通"),
+            "{metric:?}: {rolling:?}"
+        );
+        assert_ne!(
+            rolling, never,
+            "{metric:?}: the policies must differ somewhere"
+        );
+    }
+}

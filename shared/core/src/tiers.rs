@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, Month, PrimitiveDateTime, Time, UtcOffset};
 
 /// What tier thresholds are compared with (see the module doc).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TierMetric {
     /// Net spend over the rolling 12 months, against `Tier::spend_threshold`.
@@ -53,7 +53,7 @@ pub enum TierMetric {
 }
 
 /// When a member's tier may go down (see the module doc).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TierDowngrade {
     #[default]
