@@ -30,6 +30,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::engagement::schema_v1),
         M::up(chainsync_replica::program::schema_v6),
         M::up(crate::idempotency::schema_v1),
+        M::up(sqlite::replica_schema_v4),
     ])
 }
 

@@ -112,11 +112,11 @@ pub fn refresh_member(conn: &Connection, member: Uuid, now_ms: u64) -> rusqlite:
     let below_zero: Option<String> = conn
         .prepare_cached(
             "WITH canonical AS (SELECT COALESCE(merged_into, id) AS id FROM members WHERE id = ?1)
-             SELECT canonical.id FROM canonical, members
-             WHERE members.id = canonical.id OR members.merged_into = canonical.id
+             SELECT canonical.id FROM canonical, members, member_balances b
+             WHERE (members.id = canonical.id OR members.merged_into = canonical.id)
+                 AND b.member_id = members.id
              GROUP BY canonical.id
-             HAVING SUM(members.principal_fen + members.bonus_fen) < 0
-                 OR SUM(members.points) < 0",
+             HAVING SUM(b.principal_fen + b.bonus_fen) < 0 OR SUM(b.points) < 0",
         )?
         .query_row([member.to_string()], |row| row.get(0))
         .optional()?;

@@ -32,6 +32,7 @@ fn migrations() -> Migrations<'static> {
         M::up(chainsync_replica::coupons::schema_v1),
         M::up(chainsync_replica::engagement::schema_v1),
         M::up(chainsync_replica::program::schema_v6),
+        M::up(sqlite::replica_schema_v4),
     ])
 }
 

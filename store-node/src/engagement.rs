@@ -747,7 +747,7 @@ mod tests {
 
     fn points_of(conn: &Connection, member: Uuid) -> anyhow::Result<i64> {
         Ok(conn.query_row(
-            "SELECT points FROM members WHERE id = ?1",
+            "SELECT points FROM member_balances WHERE member_id = ?1",
             [member.to_string()],
             |r| r.get(0),
         )?)

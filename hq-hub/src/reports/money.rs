@@ -24,10 +24,11 @@ pub fn liability(
     }
     let mut statement = conn
         .prepare_cached(
-            "SELECT COALESCE(m.merged_into, m.id), COALESCE(r.home_store, ''), m.principal_fen,
-                    m.bonus_fen, m.points
+            "SELECT COALESCE(m.merged_into, m.id), COALESCE(r.home_store, ''),
+                    COALESCE(b.principal_fen, 0), COALESCE(b.bonus_fen, 0), COALESCE(b.points, 0)
              FROM members m LEFT JOIN report_members r
-                 ON r.member_id = COALESCE(m.merged_into, m.id)",
+                 ON r.member_id = COALESCE(m.merged_into, m.id)
+             LEFT JOIN member_balances b ON b.member_id = m.id",
         )
         .map_err(db)?;
     let mut rows = statement.query([]).map_err(db)?;

@@ -40,8 +40,9 @@ pub fn state_digest(conn: &Connection) -> rusqlite::Result<String> {
     };
     feed(
         "members",
-        "SELECT id, profile_json, merged_into, principal_fen, bonus_fen, points
-         FROM members ORDER BY id",
+        "SELECT m.id, m.profile_json, m.merged_into, COALESCE(b.principal_fen, 0),
+                COALESCE(b.bonus_fen, 0), COALESCE(b.points, 0)
+         FROM members m LEFT JOIN member_balances b ON b.member_id = m.id ORDER BY m.id",
         6,
     )?;
     // Every entry, not a count and a sum: two different entries of the same amount must not

@@ -119,17 +119,18 @@ pub fn merge_same_phone(conn: &Connection, phone: &str) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Recompute a member's cached balances from the ledger.
+/// Recompute a member's cached balances from the ledger (the ledger's triggers keep them;
+/// this re-derives them, e.g. after a member document arrives after its entries).
 pub fn refold_balances(conn: &Connection, member_id: Uuid) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE members SET
-            principal_fen = (SELECT COALESCE(SUM(amount), 0) FROM ledger
-                             WHERE member_id = ?1 AND account = 'principal'),
-            bonus_fen = (SELECT COALESCE(SUM(amount), 0) FROM ledger
-                         WHERE member_id = ?1 AND account = 'bonus'),
-            points = (SELECT COALESCE(SUM(amount), 0) FROM ledger
-                      WHERE member_id = ?1 AND account = 'points')
-         WHERE id = ?1",
+        "INSERT INTO member_balances (member_id, principal_fen, bonus_fen, points)
+         SELECT ?1,
+                COALESCE(SUM(CASE account WHEN 'principal' THEN amount ELSE 0 END), 0),
+                COALESCE(SUM(CASE account WHEN 'bonus' THEN amount ELSE 0 END), 0),
+                COALESCE(SUM(CASE account WHEN 'points' THEN amount ELSE 0 END), 0)
+         FROM ledger WHERE member_id = ?1
+         ON CONFLICT (member_id) DO UPDATE SET principal_fen = excluded.principal_fen,
+             bonus_fen = excluded.bonus_fen, points = excluded.points",
     )?
     .execute([member_id.to_string()])?;
     Ok(())
@@ -155,47 +156,33 @@ pub fn project_ledger(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Resul
 /// [`project_ledger`], saying whether the projection changed (the entry was new, or it
 /// replaced a held entry with the same id); projecting the same entry again says `false`.
 pub fn project_ledger_new(conn: &Connection, entry: &LedgerEntry) -> rusqlite::Result<bool> {
-    let held: Option<(String, i64, i64, String, i64, String)> = conn
+    // One statement: a new id is inserted; a held id is replaced in the order of
+    // `LedgerEntry::wins_over` (a points expiry gives way to any other entry; of two points
+    // expiries the last written by (HLC, origin, seq) stays, a revision; of two others the
+    // first written stays), so every replica keeps the same one whatever the arrival order
+    // (`tests::same_id_entries_project_like_the_core_in_any_order`). The ledger's triggers move the member
+    // balances (`member_balances`): by the amount of an inserted entry, by the difference
+    // for a replaced one (`sqlite::replica_schema_v4`).
+    let changed = conn
         .prepare_cached(
-            "SELECT member_id, hlc_wall_ms, hlc_counter, origin, seq, kind FROM ledger
-             WHERE id = ?1",
-        )?
-        .query_row([entry.id.to_string()], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-            ))
-        })
-        .optional()?;
-    if let Some((held_member, wall_ms, counter, origin, seq, held_kind)) = held {
-        let incoming = (
-            entry.hlc.wall_ms as i64,
-            i64::from(entry.hlc.counter),
-            entry.origin.as_str(),
-            entry.seq as i64,
-        );
-        let held_key = (wall_ms, counter, origin.as_str(), seq);
-        // The order of `LedgerEntry::wins_over` (one operation holds one entry, so equal keys
-        // are the same entry).
-        let held_replaceable = held_kind == EntryKind::PointsExpire.as_str();
-        let replaces = match (entry.is_replaceable(), held_replaceable) {
-            (false, true) => true,
-            (true, false) => false,
-            (true, true) => incoming > held_key,
-            (false, false) => incoming < held_key,
-        };
-        if !replaces {
-            return Ok(false);
-        }
-        conn.prepare_cached(
-            "UPDATE ledger SET member_id = ?2, origin = ?3, seq = ?4, hlc_wall_ms = ?5,
-                 hlc_counter = ?6, kind = ?7, account = ?8, amount = ?9, checkout_id = ?10,
-                 reason = ?11, rule_version = ?12
-             WHERE id = ?1",
+            "INSERT INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
+                 account, amount, checkout_id, reason, rule_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (id) DO UPDATE SET member_id = excluded.member_id,
+                 origin = excluded.origin, seq = excluded.seq,
+                 hlc_wall_ms = excluded.hlc_wall_ms, hlc_counter = excluded.hlc_counter,
+                 kind = excluded.kind, account = excluded.account, amount = excluded.amount,
+                 checkout_id = excluded.checkout_id, reason = excluded.reason,
+                 rule_version = excluded.rule_version
+             WHERE CASE
+                 WHEN excluded.kind = 'points_expire' AND ledger.kind = 'points_expire' THEN
+                     (excluded.hlc_wall_ms, excluded.hlc_counter, excluded.origin, excluded.seq)
+                     > (ledger.hlc_wall_ms, ledger.hlc_counter, ledger.origin, ledger.seq)
+                 WHEN excluded.kind = 'points_expire' THEN 0
+                 WHEN ledger.kind = 'points_expire' THEN 1
+                 ELSE (excluded.hlc_wall_ms, excluded.hlc_counter, excluded.origin, excluded.seq)
+                     < (ledger.hlc_wall_ms, ledger.hlc_counter, ledger.origin, ledger.seq)
+             END",
         )?
         .execute(params![
             entry.id.to_string(),
@@ -211,39 +198,7 @@ pub fn project_ledger_new(conn: &Connection, entry: &LedgerEntry) -> rusqlite::R
             entry.reason,
             entry.rule_version,
         ])?;
-        if let Ok(held_member) = Uuid::parse_str(&held_member) {
-            refold_balances(conn, held_member)?;
-        }
-        refold_balances(conn, entry.member_id)?;
-        return Ok(true);
-    }
-    conn.prepare_cached(
-        "INSERT INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
-             account, amount, checkout_id, reason, rule_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        entry.id.to_string(),
-        entry.member_id.to_string(),
-        entry.origin.as_str(),
-        entry.seq as i64,
-        entry.hlc.wall_ms as i64,
-        entry.hlc.counter,
-        entry.kind.as_str(),
-        account_name(entry.account),
-        entry.amount,
-        entry.checkout_id.map(|id| id.to_string()),
-        entry.reason,
-        entry.rule_version,
-    ])?;
-    let update = match entry.account {
-        Account::Principal => "UPDATE members SET principal_fen = principal_fen + ?1 WHERE id = ?2",
-        Account::Bonus => "UPDATE members SET bonus_fen = bonus_fen + ?1 WHERE id = ?2",
-        Account::Points => "UPDATE members SET points = points + ?1 WHERE id = ?2",
-    };
-    conn.prepare_cached(update)?
-        .execute(params![entry.amount, entry.member_id.to_string()])?;
-    Ok(true)
+    Ok(changed > 0)
 }
 
 pub fn project_sale(
@@ -599,8 +554,14 @@ mod tests {
 
     fn open() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(crate::sqlite::replica_schema_v1)
-            .unwrap();
+        for schema in [
+            crate::sqlite::replica_schema_v1,
+            crate::sqlite::replica_schema_v2,
+            crate::sqlite::replica_schema_v3,
+            crate::sqlite::replica_schema_v4,
+        ] {
+            conn.execute_batch(schema).unwrap();
+        }
         conn.execute(
             "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms)
              VALUES (?1, '13900000000', 'c', 'm', '{}', x'', 's1', 0)",
@@ -652,7 +613,11 @@ mod tests {
             .collect::<rusqlite::Result<Vec<_>>>()
             .unwrap();
         let points = conn
-            .query_row("SELECT points FROM members", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(SUM(points), 0) FROM member_balances",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         (rows, points)
     }
@@ -695,5 +660,133 @@ mod tests {
                 prop_assert_eq!(points, sum);
             }
         }
+    }
+}
+
+/// The narrow balance table (replica schema v4) and its triggers.
+#[cfg(test)]
+mod balance_tests {
+    use super::*;
+
+    fn open_at_v3() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for schema in [
+            crate::sqlite::replica_schema_v1,
+            crate::sqlite::replica_schema_v2,
+            crate::sqlite::replica_schema_v3,
+        ] {
+            conn.execute_batch(schema).unwrap();
+        }
+        conn
+    }
+
+    fn open() -> Connection {
+        let conn = open_at_v3();
+        conn.execute_batch(crate::sqlite::replica_schema_v4)
+            .unwrap();
+        conn
+    }
+
+    fn entry(origin: &str, seq: u64, wall_ms: u64, member: u128, amount: i64) -> LedgerEntry {
+        let origin = StoreId::parse(origin).unwrap();
+        LedgerEntry {
+            id: Uuid::from_u128(7),
+            origin,
+            seq,
+            hlc: HlcTimestamp {
+                wall_ms,
+                counter: 0,
+            },
+            member_id: Uuid::from_u128(member),
+            kind: EntryKind::PointsReward,
+            account: Account::Points,
+            amount,
+            checkout_id: None,
+            reason: None,
+            rule_version: 1,
+        }
+    }
+
+    fn points(conn: &Connection, member: u128) -> Option<i64> {
+        conn.query_row(
+            "SELECT points FROM member_balances WHERE member_id = ?1",
+            [Uuid::from_u128(member).to_string()],
+            |row| row.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    fn held(conn: &Connection) -> (String, i64) {
+        conn.query_row("SELECT origin, amount FROM ledger", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap()
+    }
+
+    /// Two entries under one derived id (written by two stores apart, the second store's
+    /// written first, to another member with another amount): whatever the order, the one
+    /// written first is kept and the balances are the sums of the entries kept.
+    #[test]
+    fn an_entry_under_a_held_id_replaces_it_only_if_written_first_and_balances_follow() {
+        let earlier = entry("s2", 4, 100, 2, 300);
+        let later = entry("s1", 9, 200, 1, 200);
+        for order in [[&earlier, &later], [&later, &earlier]] {
+            let conn = open();
+            let first = project_ledger_new(&conn, order[0]).unwrap();
+            let second = project_ledger_new(&conn, order[1]).unwrap();
+            assert!(first);
+            assert_eq!(second, std::ptr::eq(order[1], &earlier));
+            assert_eq!(held(&conn), ("s2".to_owned(), 300));
+            assert_eq!(points(&conn, 2), Some(300));
+            assert_eq!(points(&conn, 1).unwrap_or(0), 0);
+            // Projecting either again changes nothing.
+            assert!(!project_ledger_new(&conn, &earlier).unwrap());
+            assert!(!project_ledger_new(&conn, &later).unwrap());
+            assert_eq!(points(&conn, 2), Some(300));
+            assert_eq!(points(&conn, 1).unwrap_or(0), 0);
+        }
+    }
+
+    /// Version 4 moves the balances out of the member rows: what a replica held before is
+    /// what it holds after (the sums of each member's entries).
+    #[test]
+    fn schema_v4_keeps_the_balances_a_replica_held() {
+        let conn = open_at_v3();
+        let member = Uuid::from_u128(5).to_string();
+        conn.execute(
+            "INSERT INTO members (id, phone, card_no, name, profile_json, doc, origin, created_ms,
+                 principal_fen, bonus_fen, points)
+             VALUES (?1, '13800000000', '1', 'a', '{}', x'', 's1', 0, 500, 50, 7)",
+            [&member],
+        )
+        .unwrap();
+        for (n, account, amount) in [(1u8, "principal", 500), (2, "bonus", 50), (3, "points", 7)] {
+            conn.execute(
+                "INSERT INTO ledger (id, member_id, origin, seq, hlc_wall_ms, hlc_counter, kind,
+                     account, amount, rule_version)
+                 VALUES (?1, ?2, 's1', ?3, 0, 0, 'recharge_principal', ?4, ?5, 1)",
+                params![
+                    Uuid::from_u128(u128::from(n)).to_string(),
+                    member,
+                    n,
+                    account,
+                    amount
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(crate::sqlite::replica_schema_v4)
+            .unwrap();
+        let balances = crate::read::balances(&conn, Uuid::from_u128(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (balances.principal.0, balances.bonus.0, balances.points),
+            (500, 50, 7)
+        );
+        // The triggers keep them from then on.
+        project_ledger(&conn, &entry("s1", 4, 10, 5, 3)).unwrap();
+        assert_eq!(points(&conn, 5), Some(10));
     }
 }

@@ -95,7 +95,8 @@ pub fn balances(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Balances
     conn.prepare_cached(
         "SELECT COALESCE(SUM(principal_fen), 0), COALESCE(SUM(bonus_fen), 0),
                 COALESCE(SUM(points), 0)
-         FROM members WHERE id = ?1 OR merged_into = ?1",
+         FROM member_balances
+         WHERE member_id IN (SELECT id FROM members WHERE id = ?1 OR merged_into = ?1)",
     )?
     .query_row([canonical.to_string()], |row| {
         Ok(Balances {
@@ -234,7 +235,7 @@ fn member_from_row(
     let id = Uuid::parse_str(&id_text).map_err(ApiError::internal)?;
     let profile_json: String = row.get(1)?;
     let profile: Profile = serde_json::from_str(&profile_json).map_err(ApiError::internal)?;
-    let created_ms: i64 = row.get(5)?;
+    let created_ms: i64 = row.get(2)?;
     let balances = balances(conn, id)?.unwrap_or_default();
     let (principal, bonus, points) = (balances.principal.0, balances.bonus.0, balances.points);
     let spend = spend_12m(conn, id, now_ms)?;
@@ -278,7 +279,7 @@ fn member_from_row(
 /// Newest feedback entries a member's record shows (all: `GET /api/v1/members/{id}/feedback`).
 pub const member_feedback_shown: usize = 20;
 
-const member_columns: &str = "id, profile_json, principal_fen, bonus_fen, points, created_ms";
+const member_columns: &str = "id, profile_json, created_ms";
 
 /// One member as `GET /api/v1/members/{id}` shows it (with its feedback entries);
 /// `utc_offset_seconds` is the reader's time zone (for the weekend tag).

@@ -185,3 +185,58 @@ CREATE INDEX ops_member_changes ON ops (member_id) WHERE kind = 'member_change';
 DROP INDEX ledger_checkout;
 CREATE INDEX ledger_checkout ON ledger (checkout_id) WHERE checkout_id IS NOT NULL;
 "#;
+
+/// Version 4: a member's balances live in their own narrow table, kept by triggers on the
+/// ledger as the exact sum of the member's entries per account (an entry replaced under its id
+/// takes its old amount back). Projecting a ledger entry then rewrites a small row instead of
+/// the member's row, which carries its automerge document. The old columns are dropped so that
+/// nothing reads a stale copy. Readers sum `member_balances` over a member's group (a member
+/// not yet known may have a row; it counts once the member arrives).
+pub const replica_schema_v4: &str = r#"
+CREATE TABLE member_balances (
+    member_id TEXT PRIMARY KEY,
+    principal_fen INTEGER NOT NULL DEFAULT 0,
+    bonus_fen INTEGER NOT NULL DEFAULT 0,
+    points INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT INTO member_balances (member_id, principal_fen, bonus_fen, points)
+    SELECT member_id,
+           SUM(CASE account WHEN 'principal' THEN amount ELSE 0 END),
+           SUM(CASE account WHEN 'bonus' THEN amount ELSE 0 END),
+           SUM(CASE account WHEN 'points' THEN amount ELSE 0 END)
+    FROM ledger GROUP BY member_id;
+ALTER TABLE members DROP COLUMN principal_fen;
+ALTER TABLE members DROP COLUMN bonus_fen;
+ALTER TABLE members DROP COLUMN points;
+
+CREATE TRIGGER ledger_balance_insert AFTER INSERT ON ledger
+BEGIN
+    INSERT INTO member_balances (member_id, principal_fen, bonus_fen, points)
+    VALUES (NEW.member_id,
+            CASE NEW.account WHEN 'principal' THEN NEW.amount ELSE 0 END,
+            CASE NEW.account WHEN 'bonus' THEN NEW.amount ELSE 0 END,
+            CASE NEW.account WHEN 'points' THEN NEW.amount ELSE 0 END)
+    ON CONFLICT (member_id) DO UPDATE SET
+        principal_fen = principal_fen + excluded.principal_fen,
+        bonus_fen = bonus_fen + excluded.bonus_fen,
+        points = points + excluded.points;
+END;
+
+CREATE TRIGGER ledger_balance_replace AFTER UPDATE OF member_id, account, amount ON ledger
+BEGIN
+    UPDATE member_balances SET
+        principal_fen = principal_fen - CASE OLD.account WHEN 'principal' THEN OLD.amount ELSE 0 END,
+        bonus_fen = bonus_fen - CASE OLD.account WHEN 'bonus' THEN OLD.amount ELSE 0 END,
+        points = points - CASE OLD.account WHEN 'points' THEN OLD.amount ELSE 0 END
+    WHERE member_id = OLD.member_id;
+    INSERT INTO member_balances (member_id, principal_fen, bonus_fen, points)
+    VALUES (NEW.member_id,
+            CASE NEW.account WHEN 'principal' THEN NEW.amount ELSE 0 END,
+            CASE NEW.account WHEN 'bonus' THEN NEW.amount ELSE 0 END,
+            CASE NEW.account WHEN 'points' THEN NEW.amount ELSE 0 END)
+    ON CONFLICT (member_id) DO UPDATE SET
+        principal_fen = principal_fen + excluded.principal_fen,
+        bonus_fen = bonus_fen + excluded.bonus_fen,
+        points = points + excluded.points;
+END;
+"#;
