@@ -11,7 +11,7 @@
 
 use chainsync_core::StoreId;
 use chainsync_core::hlc::HlcTimestamp;
-use chainsync_core::ledger::{Account, EntryKind, LedgerEntry};
+use chainsync_core::ledger::{Account, LedgerEntry};
 use chainsync_core::member::MemberDoc;
 use chainsync_core::op::{Envelope, Op, OpV1, ProductRecord, RefundRecord, SaleRecord};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -545,7 +545,7 @@ pub fn project_redemption(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chainsync_core::ledger::MemberLedger;
+    use chainsync_core::ledger::{EntryKind, MemberLedger};
     use proptest::prelude::*;
 
     fn member() -> Uuid {
@@ -667,6 +667,7 @@ mod tests {
 #[cfg(test)]
 mod balance_tests {
     use super::*;
+    use chainsync_core::ledger::EntryKind;
 
     fn open_at_v3() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
