@@ -37,6 +37,10 @@ fn feedback_given_at_a_store_cut_off_is_listed_everywhere_after_sync() -> Result
         "/api/v1/products",
         &json!({"sku": "TEA", "name": "茶", "price_fen": 1_500}),
     )?;
+    b.ok(
+        "/api/v1/products",
+        &json!({"sku": "BOX", "name": "礼盒", "price_fen": 500_000}),
+    )?;
     wait_until("b has the member", bounded, || {
         Ok(b.get(&format!("/api/v1/members/{id}"))?.0 == 200)
     })?;
@@ -51,6 +55,26 @@ fn feedback_given_at_a_store_cut_off_is_listed_everywhere_after_sync() -> Result
                 "payments": [{"method": "cash", "amount_fen": 1_500}]}),
     )?;
     let sale_id = sale["id"].as_str().context("sale id")?.to_owned();
+    // Tags: a ¥5,000 purchase at the cut-off store makes a big spender (automatic tag, computed
+    // from the data); a hand tag set meanwhile at the connected store.
+    b.ok(
+        "/api/v1/checkouts",
+        &json!({"member_id": id, "lines": [{"sku": "BOX", "qty": 1}],
+                "payments": [{"method": "cash", "amount_fen": 500_000}]}),
+    )?;
+    let (status, tagged) = a.api.patch(
+        &format!("/api/v1/members/{id}"),
+        Some(&a.cashier),
+        &json!({"tags": ["vip"]}),
+    )?;
+    assert_eq!(status, 200, "{tagged}");
+    let has_auto = |record: &serde_json::Value, tag: &str| {
+        record["auto_tags"]
+            .as_array()
+            .is_some_and(|tags| tags.iter().any(|t| t == tag))
+    };
+    let (_, at_a) = a.get(&format!("/api/v1/members/{id}"))?;
+    assert!(!has_auto(&at_a, "big_spender"), "a cannot know yet: {at_a}");
     let path = format!("/api/v1/members/{id}/feedback");
     // Bad input changes nothing.
     for (body, code) in [
@@ -116,6 +140,14 @@ fn feedback_given_at_a_store_cut_off_is_listed_everywhere_after_sync() -> Result
     );
     let (_, at_hub) = hub.get(&format!("/api/v1/members/{id}"))?;
     assert_eq!(at_hub["feedback"], record["feedback"]);
+    // Tags converged: the automatic tag recomputed at a from b's purchase, the hand tag at b.
+    let (_, at_b) = b.get(&format!("/api/v1/members/{id}"))?;
+    assert!(has_auto(&record, "big_spender"), "{record}");
+    assert!(has_auto(&at_hub, "big_spender"), "{at_hub}");
+    assert_eq!(at_b["auto_tags"], record["auto_tags"]);
+    for view in [&record, &at_b, &at_hub] {
+        assert_eq!(view["tags"], json!(["vip"]), "{view}");
+    }
     Ok(())
 }
 
