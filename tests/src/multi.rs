@@ -287,6 +287,18 @@ impl Hub {
         self.api.get(path, Some(&self.token))
     }
 
+    /// PUT a JSON body as HQ's admin.
+    pub fn put(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.api.request(
+            "PUT",
+            path,
+            Some(&self.token),
+            None,
+            Some(&body.to_string()),
+            None,
+        )
+    }
+
     pub fn digest(&self) -> Result<String> {
         digest_of(self.get("/api/v1/sync/digest")?)
     }

@@ -29,14 +29,7 @@ fn checkout(
 }
 
 fn hub_put(hub: &Hub, path: &str, body: &Value) -> Result<Value> {
-    let (status, reply) = hub.api.request(
-        "PUT",
-        path,
-        Some(&hub.token),
-        None,
-        Some(&body.to_string()),
-        None,
-    )?;
+    let (status, reply) = hub.put(path, body)?;
     anyhow::ensure!(status == 200, "PUT {path}: {status} {reply}");
     Ok(reply)
 }

@@ -113,17 +113,6 @@ fn the_check_in_streak_reward_is_reached_day_by_day_also_offline() -> Result<()>
     Ok(())
 }
 
-fn hub_put_rules(hub: &Hub, rules: &Value) -> Result<(u16, Value)> {
-    hub.api.request(
-        "PUT",
-        "/api/v1/rules",
-        Some(&hub.token),
-        None,
-        Some(&rules.to_string()),
-        None,
-    )
-}
-
 fn rules_version(store: &Store) -> Result<i64> {
     let (_, rules) = store.get("/api/v1/rules")?;
     rules["version"].as_i64().context("rules version")
@@ -162,14 +151,14 @@ fn referral_rewards_are_given_once_after_the_first_purchase_also_at_stores_apart
     let (_, mut rules) = hub.get("/api/v1/rules")?;
     rules["referral"] = json!({"referrer_points": -1, "referee_points": 200,
         "referrer_stored_value_fen": 0, "referee_stored_value_fen": 1_000});
-    let (status, refused) = hub_put_rules(&hub, &rules)?;
+    let (status, refused) = hub.put("/api/v1/rules", &rules)?;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
         (422, Some("invalid_rules")),
         "{refused}"
     );
     rules["referral"]["referrer_points"] = json!(200);
-    let (status, set) = hub_put_rules(&hub, &rules)?;
+    let (status, set) = hub.put("/api/v1/rules", &rules)?;
     assert_eq!(status, 200, "{set}");
     assert_eq!(set["referral"]["referee_stored_value_fen"], 1_000, "{set}");
     wait_until("the rules at both stores", bounded, || {
@@ -346,11 +335,11 @@ fn points_expire_once_at_stores_apart_and_a_late_earlier_spend_revises_the_amoun
 
     let (_, mut rules) = hub.get("/api/v1/rules")?;
     rules["points_expiry"] = json!({"years_kept": 11});
-    let (status, refused) = hub_put_rules(&hub, &rules)?;
+    let (status, refused) = hub.put("/api/v1/rules", &rules)?;
     assert_eq!(status, 422, "{refused}");
     rules["points_expiry"] =
         json!({"years_kept": 0, "utc_offset": "+08:00", "remind_days_before": 40});
-    let (status, set) = hub_put_rules(&hub, &rules)?;
+    let (status, set) = hub.put("/api/v1/rules", &rules)?;
     assert_eq!(status, 200, "{set}");
     wait_until("the rules at both stores", bounded, || {
         Ok(rules_version(&a)? == 2 && rules_version(&b)? == 2)

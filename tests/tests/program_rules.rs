@@ -9,17 +9,6 @@ use tests::multi::{Hub, Store, converged, wait_until};
 
 const bounded: Duration = Duration::from_secs(60);
 
-fn hub_put(hub: &Hub, path: &str, body: &Value) -> Result<(u16, Value)> {
-    hub.api.request(
-        "PUT",
-        path,
-        Some(&hub.token),
-        None,
-        Some(&body.to_string()),
-        None,
-    )
-}
-
 fn rules_version(store: &Store) -> Result<i64> {
     let (status, rules) = store.get("/api/v1/rules")?;
     anyhow::ensure!(status == 200, "GET rules: {status} {rules}");
@@ -70,12 +59,12 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     // Bad rule sets change nothing.
     let mut unsorted = rules_v2();
     unsorted["tiers"][1]["spend_threshold_fen"] = json!(0);
-    let (status, refused) = hub_put(&hub, "/api/v1/rules", &unsorted)?;
+    let (status, refused) = hub.put("/api/v1/rules", &unsorted)?;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
         (422, Some("invalid_rules"))
     );
-    let (status, _) = hub_put(&hub, "/api/v1/rules", &json!({"tiers": []}))?;
+    let (status, _) = hub.put("/api/v1/rules", &json!({"tiers": []}))?;
     assert_eq!(status, 400);
     for (field, value) in [
         ("multiplier_pct", json!(50)),
@@ -85,7 +74,7 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     ] {
         let mut bad = rules_v2();
         bad["campaigns"][0][field] = value;
-        let (status, refused) = hub_put(&hub, "/api/v1/rules", &bad)?;
+        let (status, refused) = hub.put("/api/v1/rules", &bad)?;
         assert_eq!(
             (status, refused["error"]["code"].as_str()),
             (422, Some("invalid_rules")),
@@ -94,14 +83,10 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     }
     let mut bad = rules_v2();
     bad["campaigns"][0]["bonus"] = json!(1);
-    assert_eq!(
-        hub_put(&hub, "/api/v1/rules", &bad)?.0,
-        400,
-        "unknown field"
-    );
+    assert_eq!(hub.put("/api/v1/rules", &bad)?.0, 400, "unknown field");
     let mut bad = rules_v2();
     bad["points_excluded_categories"] = json!(["  "]);
-    assert_eq!(hub_put(&hub, "/api/v1/rules", &bad)?.0, 422);
+    assert_eq!(hub.put("/api/v1/rules", &bad)?.0, 422);
     assert_eq!(hub.get("/api/v1/rules")?.1["version"], 1, "nothing changed");
     for (sku, category, price) in [("DRINK", "饮料", 1_000), ("SMOKE", "烟草", 2_000)] {
         let (status, item) = hub.api.request(
@@ -124,7 +109,7 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     )?;
     assert_eq!(status, 200, "{item}");
 
-    let (status, set) = hub_put(&hub, "/api/v1/rules", &rules_v2())?;
+    let (status, set) = hub.put("/api/v1/rules", &rules_v2())?;
     assert_eq!(status, 200, "{set}");
     assert_eq!(set["version"], 2);
     assert_eq!(set["campaigns"].as_array().map(Vec::len), Some(4), "{set}");
@@ -247,7 +232,7 @@ fn hq_rules_replicate_and_apply_at_a_store_that_is_cut_off() -> Result<()> {
     // A newer set wins everywhere; an older one arriving late would not replace it.
     let mut v3 = rules_v2();
     v3["prepaid_cap_fen"] = json!(30_000);
-    assert_eq!(hub_put(&hub, "/api/v1/rules", &v3)?.1["version"], 3);
+    assert_eq!(hub.put("/api/v1/rules", &v3)?.1["version"], 3);
     wait_until("rules v3 at both stores", bounded, || {
         Ok(rules_version(&a)? == 3 && rules_version(&b)? == 3)
     })?;

@@ -36,17 +36,6 @@ fn points_rules() -> Value {
     })
 }
 
-fn hub_put(hub: &Hub, path: &str, body: &Value) -> Result<(u16, Value)> {
-    hub.api.request(
-        "PUT",
-        path,
-        Some(&hub.token),
-        None,
-        Some(&body.to_string()),
-        None,
-    )
-}
-
 fn wall_ms() -> Result<u64> {
     Ok(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -128,7 +117,7 @@ fn points_tiers_upgrade_offline_and_downgrade_at_the_period_end_everywhere() -> 
         for (field, value) in change.as_object().context("change")? {
             bad[field] = value.clone();
         }
-        let (status, refused) = hub_put(&hub, "/api/v1/rules", &bad)?;
+        let (status, refused) = hub.put("/api/v1/rules", &bad)?;
         assert_eq!(
             (status, refused["error"]["code"].as_str()),
             (422, Some("invalid_rules")),
@@ -137,14 +126,14 @@ fn points_tiers_upgrade_offline_and_downgrade_at_the_period_end_everywhere() -> 
     }
     let mut unsorted = points_rules();
     unsorted["tiers"][2]["points_threshold"] = json!(100);
-    let (status, refused) = hub_put(&hub, "/api/v1/rules", &unsorted)?;
+    let (status, refused) = hub.put("/api/v1/rules", &unsorted)?;
     assert_eq!(
         (status, refused["error"]["code"].as_str()),
         (422, Some("invalid_rules"))
     );
     assert_eq!(hub.get("/api/v1/rules")?.1["version"], 1, "nothing changed");
 
-    let (status, set) = hub_put(&hub, "/api/v1/rules", &points_rules())?;
+    let (status, set) = hub.put("/api/v1/rules", &points_rules())?;
     assert_eq!(status, 200, "{set}");
     assert_eq!(
         (

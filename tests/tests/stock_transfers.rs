@@ -185,14 +185,7 @@ fn transfer_shipped_while_destination_is_cut_off_and_received_short_converges() 
 
 /// PUT one catalog item (or bundle) at the hub.
 fn hub_put(hub: &Hub, path: &str, item: &Value) -> Result<Value> {
-    let (status, reply) = hub.api.request(
-        "PUT",
-        path,
-        Some(&hub.token),
-        None,
-        Some(&item.to_string()),
-        None,
-    )?;
+    let (status, reply) = hub.put(path, item)?;
     if status != 200 {
         bail!("PUT {path}: {status} {reply}");
     }
