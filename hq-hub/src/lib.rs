@@ -6,6 +6,7 @@
 //! - [`db`]: the hub's schema (the replica's tables plus stores, relay log, users).
 //! - [`exceptions`]: the exception queue (overdrafts, double redemptions).
 //! - [`storage`]: the hub's side of the sync protocol over SQLite (one writer).
+//! - [`relay_cache`]: the newest stretch of the relay log, decoded once for every session.
 //! - [`server`]: accepting stores over QUIC, identity and revocation checks, sessions.
 //! - [`http`]: HQ's HTTP API.
 //! - [`users`]: HQ users, roles, passwords, API and session tokens.
@@ -24,6 +25,7 @@ pub mod exceptions;
 pub mod http;
 pub mod idempotency;
 pub mod program;
+pub mod relay_cache;
 pub mod reports;
 pub mod server;
 pub mod stock;

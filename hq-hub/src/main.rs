@@ -337,15 +337,17 @@ fn serve(
     let (log_grew, _) = tokio::sync::watch::channel(head);
     let writer = Arc::new(Mutex::new(writer));
     let projection = Arc::new(storage::Projection::default());
-    storage::spawn_projector(writer.clone(), projection.clone(), now_ms)?;
+    let queue = Arc::new(storage::IngestQueue::default());
+    storage::spawn_projector(writer.clone(), projection.clone(), queue.clone(), now_ms)?;
     let sync = SyncServer {
         database: database.clone(),
         writer: writer.clone(),
         log_grew: log_grew.clone(),
         online: online.clone(),
         reservations: Arc::new(Mutex::new(book)),
-        queue: Arc::new(Default::default()),
+        queue,
         projection: projection.clone(),
+        relay_cache: Arc::new(Default::default()),
     };
     let state = HubState {
         reads,

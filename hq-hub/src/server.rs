@@ -31,6 +31,8 @@ pub struct SyncServer {
     pub reservations: Arc<Mutex<chainsync_core::allowance::ReservationBook>>,
     pub queue: Arc<crate::storage::IngestQueue>,
     pub projection: Arc<crate::storage::Projection>,
+    /// The newest stretch of the relay log, decoded once for every session.
+    pub relay_cache: Arc<crate::relay_cache::RelayCache>,
 }
 
 /// Close codes sent to refused stores.
@@ -171,6 +173,7 @@ impl SyncServer {
         let mut side = SqliteHubSide {
             writer: self.writer.clone(),
             reader,
+            relay_cache: self.relay_cache.clone(),
             reservations: self.reservations.clone(),
             queue: self.queue.clone(),
             log_grew: self.log_grew.clone(),

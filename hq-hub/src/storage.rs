@@ -35,6 +35,8 @@ pub enum HubStorageError {
 pub struct SqliteHubSide {
     pub writer: Arc<Mutex<Connection>>,
     pub reader: Connection,
+    /// The newest stretch of the relay log, decoded (shared by all sessions).
+    pub relay_cache: Arc<crate::relay_cache::RelayCache>,
     /// Online grants waiting for their spends to arrive (shared by all sessions).
     pub reservations: Arc<Mutex<ReservationBook>>,
     /// Batches waiting for the writer (shared by all sessions).
@@ -234,6 +236,61 @@ struct IngestJob {
 #[derive(Default)]
 pub struct IngestQueue {
     pending: Mutex<Vec<IngestJob>>,
+    /// Relay cursors stores acknowledged, by store (cursor, when), not written yet. They only
+    /// feed HQ's view of each store's lag (a store says its cursor again in every `Hello`), so
+    /// they wait for whoever holds the writer next instead of a commit (and an fsync) each.
+    relay_acks: Mutex<HashMap<StoreId, (u64, u64)>>,
+}
+
+type RelayAcks = HashMap<StoreId, (u64, u64)>;
+
+impl IngestQueue {
+    fn note_relay_acked(
+        &self,
+        store: &StoreId,
+        cursor: u64,
+        now_ms: u64,
+    ) -> Result<(), HubStorageError> {
+        let mut acks = self
+            .relay_acks
+            .lock()
+            .map_err(|_| HubStorageError::Poisoned)?;
+        let ack = acks.entry(store.clone()).or_insert((cursor, now_ms));
+        *ack = (ack.0.max(cursor), now_ms);
+        Ok(())
+    }
+
+    fn take_relay_acks(&self) -> Result<RelayAcks, HubStorageError> {
+        Ok(std::mem::take(
+            &mut *self
+                .relay_acks
+                .lock()
+                .map_err(|_| HubStorageError::Poisoned)?,
+        ))
+    }
+
+    /// Write the relay cursors noted so far (the caller holds the writer).
+    pub fn write_relay_acks(&self, conn: &Connection) -> Result<(), HubStorageError> {
+        let acks = self.take_relay_acks()?;
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let transaction = conn.unchecked_transaction()?;
+        write_relay_acks_in(&transaction, &acks)?;
+        transaction.commit()?;
+        Ok(())
+    }
+}
+
+fn write_relay_acks_in(conn: &Connection, acks: &RelayAcks) -> rusqlite::Result<()> {
+    let mut update = conn.prepare_cached(
+        "UPDATE stores SET relay_acked = MAX(relay_acked, ?2), last_seen_ms = MAX(last_seen_ms, ?3)
+         WHERE store_id = ?1",
+    )?;
+    for (store, (cursor, now_ms)) in acks {
+        update.execute((store.as_str(), *cursor as i64, *now_ms as i64))?;
+    }
+    Ok(())
 }
 
 /// Ingest through the queue: group-committed with the batches of other sessions. With
@@ -273,6 +330,7 @@ pub fn ingest_grouped(
             .map_err(|_| HubStorageError::Poisoned)?,
     );
     let defer = projection.is_some();
+    let relay_acks = queue.take_relay_acks()?;
     let mut deferred: Vec<LedgerEntry> = Vec::new();
     // Fast path: the whole group in one transaction, no savepoints.
     let fast = (|| -> Result<Option<Vec<IngestResult>>, HubStorageError> {
@@ -288,6 +346,7 @@ pub fn ingest_grouped(
                 Err(_) => return Ok(None),
             }
         }
+        write_relay_acks_in(&transaction, &relay_acks)?;
         transaction.commit()?;
         Ok(Some(results))
     })();
@@ -313,6 +372,7 @@ pub fn ingest_grouped(
                         }
                     }
                 }
+                write_relay_acks_in(&transaction, &relay_acks)?;
                 transaction.commit()?;
                 Ok(results)
             })()
@@ -604,6 +664,7 @@ pub fn project_all(conn: &mut Connection, now_ms: u64) -> Result<(), HubStorageE
 pub fn spawn_projector(
     writer: Arc<Mutex<Connection>>,
     projection: Arc<Projection>,
+    queue: Arc<IngestQueue>,
     now_ms: fn() -> u64,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -628,7 +689,12 @@ pub fn spawn_projector(
                         projection_chunk_ops_max,
                         now_ms(),
                     ) {
-                        Ok(0) => break,
+                        Ok(0) => {
+                            if let Err(e) = queue.write_relay_acks(&conn) {
+                                tracing::warn!(error = %e, "cannot record the stores' relay cursors");
+                            }
+                            break;
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "projection failed; retrying later");
@@ -803,54 +869,33 @@ impl HubSide for SqliteHubSide {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<RelayedOp>, u64), HubStorageError> {
-        let mut statement = self.reader.prepare_cached(
-            "SELECT r.hub_seq, o.origin, o.seq, o.hlc_wall_ms, o.hlc_counter, o.body
-             FROM relay_log r JOIN ops o ON o.origin = r.origin AND o.seq = r.seq
-             WHERE r.hub_seq > ?1 ORDER BY r.hub_seq LIMIT ?2",
-        )?;
-        let mut rows = statement.query((after as i64, limit.min(10_000) as i64))?;
-        let mut ops = Vec::new();
-        let mut upto = after;
-        while let Some(row) = rows.next()? {
-            let hub_seq = row.get::<_, i64>(0)?.max(0) as u64;
-            upto = hub_seq;
-            let origin: String = row.get(1)?;
-            if origin == store.as_str() {
-                continue;
-            }
-            let origin =
-                StoreId::parse(&origin).map_err(|e| HubStorageError::Damaged(e.to_string()))?;
-            let body: Vec<u8> = row.get(5)?;
-            let op = Op::decode(&body).map_err(|e| HubStorageError::Damaged(e.to_string()))?;
-            // Stock and transfers go only to the stores they concern (SPEC: "to the stores
-            // they concern"); the cursor (`upto`) still moves past what is skipped.
-            if !op.concerns_store(store) {
-                continue;
-            }
-            ops.push(RelayedOp {
-                hub_seq,
-                envelope: Envelope {
-                    origin,
-                    seq: row.get::<_, i64>(2)?.max(0) as u64,
-                    hlc: HlcTimestamp {
-                        wall_ms: row.get::<_, i64>(3)?.max(0) as u64,
-                        counter: row.get(4)?,
-                    },
-                    op,
-                },
-            });
-        }
+        let (logged, upto) = self.relay_cache.read_after(&self.reader, after, limit)?;
+        let ops = logged
+            .into_iter()
+            // A store is not sent its own operations; stock and transfers go only to the
+            // stores they concern (SPEC: "to the stores they concern"). The cursor (`upto`)
+            // still moves past what is skipped.
+            .filter(|logged| {
+                logged.envelope.origin != *store && logged.envelope.op.concerns_store(store)
+            })
+            .map(|logged| RelayedOp {
+                hub_seq: logged.hub_seq,
+                envelope: logged.envelope,
+            })
+            .collect();
         Ok((ops, upto))
     }
 
     fn record_relay_acked(&mut self, store: &StoreId, cursor: u64) -> Result<(), HubStorageError> {
-        let conn = self.writer.lock().map_err(|_| HubStorageError::Poisoned)?;
-        conn.prepare_cached(
-            "UPDATE stores SET relay_acked = MAX(relay_acked, ?2), last_seen_ms = ?3
-             WHERE store_id = ?1",
-        )?
-        .execute((store.as_str(), cursor as i64, (self.now_ms)() as i64))?;
-        Ok(())
+        self.queue
+            .note_relay_acked(store, cursor, (self.now_ms)())?;
+        // Written now if the writer is free; else by whoever holds it (an ingest group, the
+        // projector once idle, this store's disconnection), without making anyone wait.
+        match self.writer.try_lock() {
+            Ok(conn) => self.queue.write_relay_acks(&conn),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(HubStorageError::Poisoned),
+        }
     }
 
     fn authorize(
@@ -900,6 +945,8 @@ impl HubSide for SqliteHubSide {
     }
 
     fn store_disconnected(&mut self, store: &StoreId) -> Result<(), HubStorageError> {
+        self.queue
+            .write_relay_acks(&*self.writer.lock().map_err(|_| HubStorageError::Poisoned)?)?;
         let mut book = self
             .reservations
             .lock()

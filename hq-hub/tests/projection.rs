@@ -93,6 +93,7 @@ fn hub_side(
     SqliteHubSide {
         writer: writer.clone(),
         reader: hq_hub::db::open_reader(path).unwrap(),
+        relay_cache: Arc::new(Default::default()),
         reservations: Arc::new(Mutex::new(Default::default())),
         queue: Arc::new(Default::default()),
         log_grew: tokio::sync::watch::channel(0).0,

@@ -25,6 +25,7 @@ fn hub_side(path: &Path, writer: &Arc<Mutex<rusqlite::Connection>>) -> SqliteHub
     SqliteHubSide {
         writer: writer.clone(),
         reader: hq_hub::db::open_reader(path).unwrap(),
+        relay_cache: Arc::new(Default::default()),
         reservations: Arc::new(Mutex::new(book)),
         queue: Arc::new(Default::default()),
         log_grew: tokio::sync::watch::channel(0).0,

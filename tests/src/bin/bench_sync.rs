@@ -409,7 +409,7 @@ fn ingest_writer_only(stores: usize, entries: u64) -> Result<IngestFigures> {
     let writer = Arc::new(Mutex::new(writer));
     let queue = Arc::new(hq_hub::storage::IngestQueue::default());
     let projection = Arc::new(hq_hub::storage::Projection::default());
-    hq_hub::storage::spawn_projector(writer.clone(), projection.clone(), || 1)?;
+    hq_hub::storage::spawn_projector(writer.clone(), projection.clone(), queue.clone(), || 1)?;
     let add_store = |id: &str| -> Result<()> {
         let conn = writer.lock().map_err(|_| anyhow!("poisoned"))?;
         conn.execute(
