@@ -156,7 +156,7 @@ struct Ingested {
     grew: bool,
     touched: Touched,
     /// New ledger entries recorded but not projected (when projection is deferred).
-    deferred: Vec<LedgerEntry>,
+    deferred: Vec<Deferred>,
 }
 
 /// Ingest one batch inside the caller's transaction. With `defer_ledger`, a new ledger entry
@@ -188,11 +188,23 @@ fn ingest_in(
         }
         if let (true, Op::V1(OpV1::Ledger(entry))) = (defer_ledger, &envelope.op) {
             project::check_remote(envelope).map_err(|e| invalid(envelope, e))?;
-            if project::insert_op(conn, envelope)? {
-                deferred.push(entry.clone());
-            }
-            conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
+            let new = project::insert_op(conn, envelope)?;
+            let logged = conn
+                .prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
                 .execute((envelope.origin.as_str(), envelope.seq as i64))?;
+            if new {
+                let hub_seq = if logged == 1 {
+                    conn.last_insert_rowid()
+                } else {
+                    conn.prepare_cached(
+                        "SELECT hub_seq FROM relay_log WHERE origin = ?1 AND seq = ?2",
+                    )?
+                    .query_row((envelope.origin.as_str(), envelope.seq as i64), |row| {
+                        row.get(0)
+                    })?
+                };
+                deferred.push(Deferred::of(hub_seq.max(0) as u64, entry));
+            }
             touched.note_deferred(entry);
             acked += 1;
             continue;
@@ -331,7 +343,7 @@ pub fn ingest_grouped(
     );
     let defer = projection.is_some();
     let relay_acks = queue.take_relay_acks()?;
-    let mut deferred: Vec<LedgerEntry> = Vec::new();
+    let mut deferred: Vec<Deferred> = Vec::new();
     // Fast path: the whole group in one transaction, no savepoints.
     let fast = (|| -> Result<Option<Vec<IngestResult>>, HubStorageError> {
         let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -415,14 +427,37 @@ pub const projection_idle_check_ms: u64 = 200;
 
 /// Ledger entries acknowledged but not yet projected, by member: what the projection lacks.
 ///
-/// Kept by log position (origin, seq), because that is what the projector moves past; but two
+/// Kept by relay-log position (`hub_seq`), because that is what the projector moves past; but two
 /// positions may carry the same entry id (an id derived from the facts, e.g. a referral reward
 /// or a points expiry written by two stores apart), and the projection keeps one row per id.
 /// So the sums are made at decision time, once per entry id, leaving out ids already projected.
 #[derive(Default, Debug)]
 pub struct Unprojected {
-    entries: HashMap<(StoreId, u64), (Uuid, Uuid, Account, i64)>,
-    by_member: HashMap<Uuid, BTreeSet<(StoreId, u64)>>,
+    entries: HashMap<u64, Deferred>,
+    /// Log positions by member.
+    by_member: HashMap<Uuid, Vec<u64>>,
+}
+
+/// A ledger entry acknowledged and not projected, at its relay-log position.
+#[derive(Clone, Copy, Debug)]
+pub struct Deferred {
+    hub_seq: u64,
+    id: Uuid,
+    member: Uuid,
+    account: Account,
+    amount: i64,
+}
+
+impl Deferred {
+    fn of(hub_seq: u64, entry: &LedgerEntry) -> Deferred {
+        Deferred {
+            hub_seq,
+            id: entry.id,
+            member: entry.member_id,
+            account: entry.account,
+            amount: entry.amount,
+        }
+    }
 }
 
 impl Unprojected {
@@ -434,30 +469,24 @@ impl Unprojected {
         self.entries.is_empty()
     }
 
-    fn add(&mut self, entry: &LedgerEntry) {
-        let key = (entry.origin.clone(), entry.seq);
-        if self.entries.contains_key(&key) {
+    fn add(&mut self, entry: Deferred) {
+        if self.entries.insert(entry.hub_seq, entry).is_some() {
             return;
         }
-        self.entries.insert(
-            key.clone(),
-            (entry.id, entry.member_id, entry.account, entry.amount),
-        );
         self.by_member
-            .entry(entry.member_id)
+            .entry(entry.member)
             .or_default()
-            .insert(key);
+            .push(entry.hub_seq);
     }
 
-    fn remove(&mut self, origin: &StoreId, seq: u64) {
-        let key = (origin.clone(), seq);
-        let Some((_, member, _, _)) = self.entries.remove(&key) else {
+    fn remove(&mut self, hub_seq: u64) {
+        let Some(entry) = self.entries.remove(&hub_seq) else {
             return;
         };
-        if let Some(keys) = self.by_member.get_mut(&member) {
-            keys.remove(&key);
-            if keys.is_empty() {
-                self.by_member.remove(&member);
+        if let Some(positions) = self.by_member.get_mut(&entry.member) {
+            positions.retain(|&p| p != hub_seq);
+            if positions.is_empty() {
+                self.by_member.remove(&entry.member);
             }
         }
     }
@@ -473,13 +502,13 @@ impl Unprojected {
         let mut seen = std::collections::HashSet::new();
         for member in members {
             for key in self.by_member.get(member).into_iter().flatten() {
-                let Some(&(id, _, account, amount)) = self.entries.get(key) else {
+                let Some(entry) = self.entries.get(key) else {
                     continue;
                 };
-                if !seen.insert(id) || projected(id)? {
+                if !seen.insert(entry.id) || projected(entry.id)? {
                     continue;
                 }
-                add_to(&mut total, account, amount);
+                add_to(&mut total, entry.account, entry.amount);
             }
         }
         Ok(total)
@@ -515,7 +544,7 @@ pub struct Projection {
 
 impl Projection {
     /// Entries just committed unprojected (called under the writer lock).
-    fn recorded(&self, entries: &[LedgerEntry]) -> Result<(), HubStorageError> {
+    fn recorded(&self, entries: &[Deferred]) -> Result<(), HubStorageError> {
         self.ingests.fetch_add(1, Ordering::Relaxed);
         if entries.is_empty() {
             return Ok(());
@@ -525,7 +554,7 @@ impl Projection {
             .lock()
             .map_err(|_| HubStorageError::Poisoned)?;
         for entry in entries {
-            unprojected.add(entry);
+            unprojected.add(*entry);
         }
         drop(unprojected);
         if let Ok(mut work) = self.work.lock() {
@@ -611,8 +640,8 @@ pub fn project_pending(
         return Ok(0);
     };
     let mut touched = Touched::default();
-    let mut projected: Vec<(String, i64)> = Vec::new();
-    for (_, origin, seq, kind, body) in &rows {
+    let mut projected: Vec<i64> = Vec::new();
+    for (hub_seq, origin, seq, kind, body) in &rows {
         if kind != "ledger" {
             continue;
         }
@@ -625,7 +654,7 @@ pub fn project_pending(
             crate::audit::record_store_adjustment(&transaction, &entry)?;
             touched.members.insert(entry.member_id);
         }
-        projected.push((origin.clone(), *seq));
+        projected.push(*hub_seq);
     }
     touched.refresh_exceptions(&transaction, now_ms)?;
     transaction
@@ -643,10 +672,8 @@ pub fn project_pending(
     };
     transaction.commit()?;
     if let Some(unprojected) = unprojected.as_mut() {
-        for (origin, seq) in projected {
-            if let Ok(origin) = StoreId::parse(&origin) {
-                unprojected.remove(&origin, seq.max(0) as u64);
-            }
+        for hub_seq in projected {
+            unprojected.remove(hub_seq.max(0) as u64);
         }
     }
     Ok(rows.len())
@@ -1103,9 +1130,12 @@ mod unprojected_tests {
         let member = Uuid::from_u128(7);
         let derived = Uuid::from_u128(42);
         let mut tail = Unprojected::default();
-        tail.add(&reward("a", 1, derived, member, 200));
-        tail.add(&reward("b", 9, derived, member, 200));
-        tail.add(&reward("a", 2, Uuid::from_u128(43), member, 5));
+        tail.add(Deferred::of(1, &reward("a", 1, derived, member, 200)));
+        tail.add(Deferred::of(3, &reward("b", 9, derived, member, 200)));
+        tail.add(Deferred::of(
+            2,
+            &reward("a", 2, Uuid::from_u128(43), member, 5),
+        ));
         let sum = tail.balances_of(&[member], |_| Ok(false)).unwrap();
         assert_eq!(sum.points, 205, "the derived id counts once");
         let sum = tail.balances_of(&[member], |id| Ok(id == derived)).unwrap();
@@ -1113,11 +1143,11 @@ mod unprojected_tests {
             sum.points, 5,
             "an id already projected is not counted again"
         );
-        tail.remove(&StoreId::parse("a").unwrap(), 1);
-        tail.remove(&StoreId::parse("a").unwrap(), 2);
+        tail.remove(1);
+        tail.remove(2);
         let sum = tail.balances_of(&[member], |_| Ok(false)).unwrap();
         assert_eq!(sum.points, 200);
-        tail.remove(&StoreId::parse("b").unwrap(), 9);
+        tail.remove(3);
         assert!(tail.is_empty());
         assert!(tail.by_member.is_empty());
     }
