@@ -179,6 +179,12 @@ fn ingest_in(
         seq: envelope.seq,
         reason: e.to_string(),
     };
+    // Prepared once for the batch (the per-entry path of a deferred projection); the ops
+    // statement is handed back to the cache before any other operation is applied (which
+    // records itself through the same statement).
+    let mut insert_op = None;
+    let mut insert_relay =
+        conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?;
     for envelope in ops {
         if envelope.seq <= acked {
             continue;
@@ -188,10 +194,12 @@ fn ingest_in(
         }
         if let (true, Op::V1(OpV1::Ledger(entry))) = (defer_ledger, &envelope.op) {
             project::check_remote(envelope).map_err(|e| invalid(envelope, e))?;
-            let new = project::insert_op(conn, envelope)?;
-            let logged = conn
-                .prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
-                .execute((envelope.origin.as_str(), envelope.seq as i64))?;
+            let statement = match insert_op.as_mut() {
+                Some(statement) => statement,
+                None => insert_op.insert(conn.prepare_cached(project::insert_op_sql)?),
+            };
+            let new = project::insert_op_with(statement, envelope)?;
+            let logged = insert_relay.execute((envelope.origin.as_str(), envelope.seq as i64))?;
             if new {
                 let hub_seq = if logged == 1 {
                     conn.last_insert_rowid()
@@ -209,6 +217,7 @@ fn ingest_in(
             acked += 1;
             continue;
         }
+        insert_op = None;
         let before = crate::reports::index::before_apply(conn, envelope)?;
         let new =
             project::apply_remote(conn, &hub, envelope).map_err(|e| HubStorageError::Invalid {
@@ -219,8 +228,7 @@ fn ingest_in(
         if new {
             crate::reports::index::after_apply(conn, envelope, before)?;
         }
-        conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?
-            .execute((envelope.origin.as_str(), envelope.seq as i64))?;
+        insert_relay.execute((envelope.origin.as_str(), envelope.seq as i64))?;
         touched.note(envelope);
         acked += 1;
     }

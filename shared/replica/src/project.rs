@@ -19,6 +19,20 @@ use uuid::Uuid;
 
 /// Record an operation. Returns false if it was already there (then project nothing).
 pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<bool> {
+    let mut statement = conn.prepare_cached(insert_op_sql)?;
+    insert_op_with(&mut statement, envelope)
+}
+
+/// The statement [`insert_op_with`] runs (prepared once by a caller recording many).
+pub const insert_op_sql: &str =
+    "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// [`insert_op`] with the statement prepared from [`insert_op_sql`].
+pub fn insert_op_with(
+    statement: &mut rusqlite::Statement<'_>,
+    envelope: &Envelope,
+) -> rusqlite::Result<bool> {
     let member_id = match &envelope.op {
         Op::V1(OpV1::MemberChange { member_id, .. }) => Some(*member_id),
         Op::V1(OpV1::Ledger(entry)) => Some(entry.member_id),
@@ -50,8 +64,7 @@ pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<boo
         Op::V1(OpV1::LotteryDraw(draw)) => Some(draw.member_id),
         Op::V1(OpV1::Referral(referral)) => Some(referral.referee),
     };
-    let inserted = conn.prepare_cached("INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
+    let inserted = statement.execute(
         params![
             envelope.origin.as_str(),
             envelope.seq as i64,
