@@ -145,7 +145,7 @@ pub fn ingest_touching(
     now_ms: u64,
 ) -> Result<(u64, bool, Touched), HubStorageError> {
     let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let result = ingest_in(&transaction, store, ops, now_ms, false)?;
+    let result = ingest_in(&transaction, store, ops, &[], now_ms, false)?;
     transaction.commit()?;
     Ok((result.acked, result.grew, result.touched))
 }
@@ -166,6 +166,7 @@ fn ingest_in(
     conn: &Connection,
     store: &StoreId,
     ops: &[Envelope],
+    bodies: &[Option<Vec<u8>>],
     now_ms: u64,
     defer_ledger: bool,
 ) -> Result<Ingested, HubStorageError> {
@@ -185,7 +186,7 @@ fn ingest_in(
     let mut insert_op = None;
     let mut insert_relay =
         conn.prepare_cached("INSERT OR IGNORE INTO relay_log (origin, seq) VALUES (?1, ?2)")?;
-    for envelope in ops {
+    for (at, envelope) in ops.iter().enumerate() {
         if envelope.seq <= acked {
             continue;
         }
@@ -198,7 +199,10 @@ fn ingest_in(
                 Some(statement) => statement,
                 None => insert_op.insert(conn.prepare_cached(project::insert_op_sql)?),
             };
-            let new = project::insert_op_with(statement, envelope)?;
+            let new = match bodies.get(at).and_then(Option::as_deref) {
+                Some(body) => project::insert_op_with(statement, envelope, body)?,
+                None => project::insert_op_with(statement, envelope, &envelope.op.encode())?,
+            };
             let logged = insert_relay.execute((envelope.origin.as_str(), envelope.seq as i64))?;
             if new {
                 let hub_seq = if logged == 1 {
@@ -248,6 +252,9 @@ type IngestResult = Result<(u64, bool, Touched), String>;
 struct IngestJob {
     store: StoreId,
     ops: Vec<Envelope>,
+    /// The ledger operations encoded for the operation log, by position in `ops` (done by
+    /// the session before it queues, so that the one writer does not).
+    bodies: Vec<Option<Vec<u8>>>,
     reply: std::sync::mpsc::Sender<IngestResult>,
 }
 
@@ -329,6 +336,16 @@ pub fn ingest_grouped(
     now_ms: u64,
 ) -> Result<(u64, bool, Touched), HubStorageError> {
     let (reply, answer) = std::sync::mpsc::channel();
+    let bodies = match projection {
+        Some(_) => ops
+            .iter()
+            .map(|envelope| match &envelope.op {
+                Op::V1(OpV1::Ledger(_)) => Some(envelope.op.encode()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     queue
         .pending
         .lock()
@@ -336,6 +353,7 @@ pub fn ingest_grouped(
         .push(IngestJob {
             store: store.clone(),
             ops: ops.to_vec(),
+            bodies,
             reply,
         });
     let mut conn = writer.lock().map_err(|_| HubStorageError::Poisoned)?;
@@ -357,7 +375,7 @@ pub fn ingest_grouped(
         let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            match ingest_in(&transaction, &job.store, &job.ops, now_ms, defer) {
+            match ingest_in(&transaction, &job.store, &job.ops, &job.bodies, now_ms, defer) {
                 Ok(done) => {
                     deferred.extend(done.deferred);
                     results.push(Ok((done.acked, done.grew, done.touched)));
@@ -380,7 +398,7 @@ pub fn ingest_grouped(
                 let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
                 for job in &jobs {
                     let savepoint = transaction.savepoint()?;
-                    match ingest_in(&savepoint, &job.store, &job.ops, now_ms, defer) {
+                    match ingest_in(&savepoint, &job.store, &job.ops, &job.bodies, now_ms, defer) {
                         Ok(done) => {
                             savepoint.commit()?;
                             deferred.extend(done.deferred);
@@ -441,9 +459,63 @@ pub const projection_idle_check_ms: u64 = 200;
 /// So the sums are made at decision time, once per entry id, leaving out ids already projected.
 #[derive(Default, Debug)]
 pub struct Unprojected {
-    entries: HashMap<u64, Deferred>,
+    entries: Positions,
     /// Log positions by member.
     by_member: HashMap<Uuid, Vec<u64>>,
+}
+
+/// Entries by relay-log position. Positions are added in increasing order (the log's) and
+/// the projector removes them in the same order, so a window over the positions, indexed
+/// from the oldest held, does what a map would with no hashing on the writer's path.
+#[derive(Default, Debug)]
+struct Positions {
+    /// The position of `slots[0]`.
+    base: u64,
+    slots: std::collections::VecDeque<Option<Deferred>>,
+    /// How many slots hold an entry.
+    held: usize,
+}
+
+impl Positions {
+    /// False if the position already holds one.
+    fn insert(&mut self, entry: Deferred) -> bool {
+        let at = entry.hub_seq;
+        if self.slots.is_empty() {
+            self.base = at;
+        }
+        while at < self.base {
+            self.slots.push_front(None);
+            self.base -= 1;
+        }
+        let index = (at - self.base) as usize;
+        if index >= self.slots.len() {
+            self.slots.resize(index + 1, None);
+        }
+        match &mut self.slots[index] {
+            Some(_) => false,
+            slot => {
+                *slot = Some(entry);
+                self.held += 1;
+                true
+            }
+        }
+    }
+
+    fn get(&self, at: u64) -> Option<&Deferred> {
+        let index = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        self.slots.get(index)?.as_ref()
+    }
+
+    fn remove(&mut self, at: u64) -> Option<Deferred> {
+        let index = usize::try_from(at.checked_sub(self.base)?).ok()?;
+        let entry = self.slots.get_mut(index)?.take()?;
+        self.held -= 1;
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        Some(entry)
+    }
 }
 
 /// A ledger entry acknowledged and not projected, at its relay-log position.
@@ -470,15 +542,15 @@ impl Deferred {
 
 impl Unprojected {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.held
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.held == 0
     }
 
     fn add(&mut self, entry: Deferred) {
-        if self.entries.insert(entry.hub_seq, entry).is_some() {
+        if !self.entries.insert(entry) {
             return;
         }
         self.by_member
@@ -488,7 +560,7 @@ impl Unprojected {
     }
 
     fn remove(&mut self, hub_seq: u64) {
-        let Some(entry) = self.entries.remove(&hub_seq) else {
+        let Some(entry) = self.entries.remove(hub_seq) else {
             return;
         };
         if let Some(positions) = self.by_member.get_mut(&entry.member) {
@@ -510,7 +582,7 @@ impl Unprojected {
         let mut seen = std::collections::HashSet::new();
         for member in members {
             for key in self.by_member.get(member).into_iter().flatten() {
-                let Some(entry) = self.entries.get(key) else {
+                let Some(entry) = self.entries.get(*key) else {
                     continue;
                 };
                 if !seen.insert(entry.id) || projected(entry.id)? {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 /// Record an operation. Returns false if it was already there (then project nothing).
 pub fn insert_op(conn: &Connection, envelope: &Envelope) -> rusqlite::Result<bool> {
     let mut statement = conn.prepare_cached(insert_op_sql)?;
-    insert_op_with(&mut statement, envelope)
+    insert_op_with(&mut statement, envelope, &envelope.op.encode())
 }
 
 /// The statement [`insert_op_with`] runs (prepared once by a caller recording many).
@@ -28,10 +28,12 @@ pub const insert_op_sql: &str =
     "INSERT OR IGNORE INTO ops (origin, seq, hlc_wall_ms, hlc_counter, kind, member_id, body)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
-/// [`insert_op`] with the statement prepared from [`insert_op_sql`].
+/// [`insert_op`] with the statement prepared from [`insert_op_sql`] and the operation already
+/// encoded (`body`: `envelope.op.encode()`, which a caller may do outside its transaction).
 pub fn insert_op_with(
     statement: &mut rusqlite::Statement<'_>,
     envelope: &Envelope,
+    body: &[u8],
 ) -> rusqlite::Result<bool> {
     let member_id = match &envelope.op {
         Op::V1(OpV1::MemberChange { member_id, .. }) => Some(*member_id),
@@ -72,7 +74,7 @@ pub fn insert_op_with(
             envelope.hlc.counter,
             envelope.op.kind(),
             member_id.map(|id| id.to_string()),
-            envelope.op.encode(),
+            body,
         ],
     )?;
     Ok(inserted == 1)
