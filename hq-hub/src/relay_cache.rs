@@ -135,3 +135,63 @@ fn read_log(
     }
     Ok((ops, upto))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainsync_core::catalog::CatalogItem;
+    use chainsync_core::money::Fen;
+    use chainsync_core::op::OpV1;
+
+    fn author_items(conn: &mut Connection, from: u64, count: u64) {
+        for n in from..from + count {
+            let item = CatalogItem {
+                sku: format!("SKU{n}"),
+                barcode: None,
+                name: format!("item {n}"),
+                category: None,
+                price: Fen(100),
+                member_price: None,
+                active: true,
+                components: vec![],
+            };
+            crate::storage::author(conn, OpV1::CatalogItemUpsert(item), 1_000 + n).unwrap();
+        }
+    }
+
+    fn positions(read: &[LoggedOp]) -> Vec<u64> {
+        read.iter().map(|op| op.hub_seq).collect()
+    }
+
+    #[test]
+    fn reads_from_the_cache_what_sqlite_would_return_as_the_log_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let mut writer = crate::db::open_writer(&path).unwrap();
+        let reader = crate::db::open_reader(&path).unwrap();
+        let cache = RelayCache::default();
+        author_items(&mut writer, 0, 10);
+        let (read, upto) = cache.read_after(&reader, 0, 4).unwrap();
+        assert_eq!((positions(&read), upto), ((1..=4).collect(), 4));
+        // Another session at the same cursor is served from memory, and past it from SQLite.
+        let (read, upto) = cache.read_after(&reader, 2, 100).unwrap();
+        assert_eq!((positions(&read), upto), ((3..=10).collect(), 10));
+        // At the head: nothing, the cursor stays.
+        let (read, upto) = cache.read_after(&reader, 10, 100).unwrap();
+        assert_eq!((read.len(), upto), (0, 10));
+        // The log grows: the new positions arrive, whole, for a cursor inside the window.
+        author_items(&mut writer, 10, 5);
+        let (read, upto) = cache.read_after(&reader, 7, 100).unwrap();
+        assert_eq!((positions(&read), upto), ((8..=15).collect(), 15));
+        let (read, _) = cache.read_after(&reader, 0, 100).unwrap();
+        assert_eq!(positions(&read), (1..=15).collect::<Vec<_>>());
+        for op in &read {
+            let (from_sqlite, _) = read_log(&reader, op.hub_seq - 1, 1).unwrap();
+            assert_eq!(
+                from_sqlite[0].envelope, op.envelope,
+                "position {}",
+                op.hub_seq
+            );
+        }
+    }
+}

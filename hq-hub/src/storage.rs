@@ -375,7 +375,14 @@ pub fn ingest_grouped(
         let transaction = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results: Vec<IngestResult> = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            match ingest_in(&transaction, &job.store, &job.ops, &job.bodies, now_ms, defer) {
+            match ingest_in(
+                &transaction,
+                &job.store,
+                &job.ops,
+                &job.bodies,
+                now_ms,
+                defer,
+            ) {
                 Ok(done) => {
                     deferred.extend(done.deferred);
                     results.push(Ok((done.acked, done.grew, done.touched)));

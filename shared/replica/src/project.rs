@@ -66,17 +66,15 @@ pub fn insert_op_with(
         Op::V1(OpV1::LotteryDraw(draw)) => Some(draw.member_id),
         Op::V1(OpV1::Referral(referral)) => Some(referral.referee),
     };
-    let inserted = statement.execute(
-        params![
-            envelope.origin.as_str(),
-            envelope.seq as i64,
-            envelope.hlc.wall_ms as i64,
-            envelope.hlc.counter,
-            envelope.op.kind(),
-            member_id.map(|id| id.to_string()),
-            body,
-        ],
-    )?;
+    let inserted = statement.execute(params![
+        envelope.origin.as_str(),
+        envelope.seq as i64,
+        envelope.hlc.wall_ms as i64,
+        envelope.hlc.counter,
+        envelope.op.kind(),
+        member_id.map(|id| id.to_string()),
+        body,
+    ])?;
     Ok(inserted == 1)
 }
 
