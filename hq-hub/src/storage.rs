@@ -472,13 +472,13 @@ pub struct Unprojected {
 }
 
 /// Entries by relay-log position. Positions are added in increasing order (the log's) and
-/// the projector removes them in the same order, so a window over the positions, indexed
-/// from the oldest held, does what a map would with no hashing on the writer's path.
+/// the projector removes them in the same order, so a sorted queue (found by binary search,
+/// removed ones left as gaps until they reach the front) does what a map would with no
+/// hashing on the writer's path. It holds only ledger entries (and their gaps), however far
+/// apart their positions are.
 #[derive(Default, Debug)]
 struct Positions {
-    /// The position of `slots[0]`.
-    base: u64,
-    slots: std::collections::VecDeque<Option<Deferred>>,
+    slots: std::collections::VecDeque<(u64, Option<Deferred>)>,
     /// How many slots hold an entry.
     held: usize,
 }
@@ -487,39 +487,32 @@ impl Positions {
     /// False if the position already holds one.
     fn insert(&mut self, entry: Deferred) -> bool {
         let at = entry.hub_seq;
-        if self.slots.is_empty() {
-            self.base = at;
-        }
-        while at < self.base {
-            self.slots.push_front(None);
-            self.base -= 1;
-        }
-        let index = (at - self.base) as usize;
-        if index >= self.slots.len() {
-            self.slots.resize(index + 1, None);
-        }
-        match &mut self.slots[index] {
-            Some(_) => false,
-            slot => {
-                *slot = Some(entry);
-                self.held += 1;
-                true
+        if self.slots.back().is_none_or(|(last, _)| *last < at) {
+            self.slots.push_back((at, Some(entry)));
+        } else {
+            match self.slots.binary_search_by_key(&at, |(p, _)| *p) {
+                Ok(index) => match &mut self.slots[index].1 {
+                    Some(_) => return false,
+                    slot => *slot = Some(entry),
+                },
+                Err(index) => self.slots.insert(index, (at, Some(entry))),
             }
         }
+        self.held += 1;
+        true
     }
 
     fn get(&self, at: u64) -> Option<&Deferred> {
-        let index = usize::try_from(at.checked_sub(self.base)?).ok()?;
-        self.slots.get(index)?.as_ref()
+        let index = self.slots.binary_search_by_key(&at, |(p, _)| *p).ok()?;
+        self.slots.get(index)?.1.as_ref()
     }
 
     fn remove(&mut self, at: u64) -> Option<Deferred> {
-        let index = usize::try_from(at.checked_sub(self.base)?).ok()?;
-        let entry = self.slots.get_mut(index)?.take()?;
+        let index = self.slots.binary_search_by_key(&at, |(p, _)| *p).ok()?;
+        let entry = self.slots.get_mut(index)?.1.take()?;
         self.held -= 1;
-        while let Some(None) = self.slots.front() {
+        while let Some((_, None)) = self.slots.front() {
             self.slots.pop_front();
-            self.base += 1;
         }
         Some(entry)
     }
@@ -1210,6 +1203,37 @@ mod unprojected_tests {
             reason: None,
             rule_version: 1,
         }
+    }
+
+    #[test]
+    fn unprojected_positions_far_apart_or_out_of_order_are_held_once_each() {
+        let member = Uuid::from_u128(7);
+        let entry =
+            |at: u64| Deferred::of(at, &reward("a", at, Uuid::from_u128(at.into()), member, 1));
+        let mut positions = Positions::default();
+        for at in [5, 1_000_000_000, 3, 700] {
+            assert!(positions.insert(entry(at)));
+        }
+        assert!(!positions.insert(entry(700)), "a position is held once");
+        assert_eq!(
+            (positions.held, positions.slots.len()),
+            (4, 4),
+            "no slot per gap"
+        );
+        assert_eq!(positions.get(700).map(|e| e.hub_seq), Some(700));
+        assert!(positions.get(6).is_none());
+        assert!(positions.remove(700).is_some());
+        assert!(positions.remove(700).is_none());
+        assert!(positions.remove(3).is_some());
+        assert_eq!(
+            positions.slots.len(),
+            3,
+            "a gap at the front goes, one inside stays"
+        );
+        assert!(positions.remove(5).is_some());
+        assert_eq!(positions.slots.len(), 1);
+        assert!(positions.remove(1_000_000_000).is_some());
+        assert_eq!((positions.held, positions.slots.len()), (0, 0));
     }
 
     #[test]
