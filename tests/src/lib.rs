@@ -15,6 +15,7 @@
 //! Nothing here sleeps to synchronize: waits are channel receives with a bounded timeout.
 //! Set `STORE_NODE_LOG=1` to copy the node's stderr to the test's stderr.
 
+pub mod machine;
 pub mod multi;
 pub mod sim;
 pub mod webhook;

@@ -144,24 +144,6 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)].as_secs_f64() * 1_000.0
 }
 
-/// Single-row INSERT + COMMIT with WAL and synchronous=FULL, as the node's writer uses.
-fn raw_commits(dir: &Path, count: usize) -> Result<Vec<Duration>> {
-    let conn = rusqlite::Connection::open(dir.join("raw.db"))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")?;
-    let body = vec![7u8; 200];
-    let mut latencies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let started = Instant::now();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])?;
-        conn.execute_batch("COMMIT")?;
-        latencies.push(started.elapsed());
-    }
-    Ok(latencies)
-}
-
 fn main() -> Result<()> {
     let mut checkouts = 2_000usize;
     let mut clients = 16usize;
@@ -255,7 +237,7 @@ fn main() -> Result<()> {
     let many_elapsed = started.elapsed();
     many.sort();
 
-    let mut raw = raw_commits(dir.path(), 2_000)?;
+    let mut raw = tests::machine::raw_commits(dir.path(), 2_000)?;
     raw.sort();
     let raw_total: Duration = raw.iter().sum();
 

@@ -249,22 +249,31 @@ fn registering_store(id: &StoreId, count: u64) -> Result<MemoryStore> {
 }
 
 /// Push everything a store holds to the hub over QUIC; return when the hub acknowledged all.
-/// Relayed batches from other stores are not applied (this measures ingest).
+/// Batches the hub relays meanwhile (other stores' operations) are applied to the in-memory
+/// replica and acknowledged, as a store does.
+/// What one store's push session saw.
+struct Pushed {
+    /// Operations the hub relayed to the store meanwhile (applied and acknowledged).
+    relayed: usize,
+    /// The hub's log head as last told.
+    log_head: u64,
+}
+
 async fn push_all(
     bundle: EnrollmentBundle,
     hub: SocketAddr,
     mut store: MemoryStore,
-) -> Result<Duration> {
+) -> Result<Pushed> {
     let config =
         chainsync_net::tls::client_config(&bundle.ca_cert_pem, &bundle.cert_pem, &bundle.key_pem)?;
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(config);
-    let started = Instant::now();
     let connection = endpoint.connect(hub, &bundle.hub_server_name)?.await?;
     let (mut send, mut recv) = connection.open_bi().await?;
     let id = StoreId::parse(&bundle.store_id)?;
     let mut session = StoreSession::new(id, &store, 0).map_err(|e| anyhow!("{e}"))?;
     let target = store.own_max();
+    let mut relayed = 0;
     loop {
         while let Some(message) = session.poll_transmit() {
             chainsync_net::frame::write_frame(
@@ -280,16 +289,20 @@ async fn push_all(
             .await?
             .context("hub closed")?;
         let message = Message::decode(&frame)?;
-        if matches!(message, Message::V1(MessageV1::Relay { .. })) {
-            continue;
-        }
+        relayed += match &message {
+            Message::V1(MessageV1::Relay { ops, .. }) => ops.len(),
+            Message::V1(MessageV1::RelayCompact { ops, .. }) => ops.len(),
+            _ => 0,
+        };
         session
             .handle_message(message, &mut store, 0)
             .map_err(|e| anyhow!("{e}"))?;
     }
-    let elapsed = started.elapsed();
     connection.close(quinn::VarInt::from_u32(0), b"done");
-    Ok(elapsed)
+    Ok(Pushed {
+        relayed,
+        log_head: session.log_head(),
+    })
 }
 
 /// CPU seconds (user, system) a process has used so far, all its threads (Linux `/proc`).
@@ -312,9 +325,26 @@ struct IngestFigures {
     clients_cpu: f64,
     /// Time from the start until every entry was projected, and the hub's CPU seconds by then.
     projected: Option<(Duration, f64)>,
+    /// Operations relayed to the pushing stores during the timed part, all stores together.
+    relayed: usize,
 }
 
-fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<IngestFigures> {
+/// Where the pushing stores' replicas stand when the burst starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Replicas {
+    /// Each already holds the members registered before (its relay cursor at the hub's log
+    /// head): during the burst the hub relays only the other stores' new entries.
+    Current,
+    /// Each is empty: the hub also relays it the 10,000 registrations while it pushes.
+    Empty,
+}
+
+fn ingest(
+    hub_bin: &Path,
+    stores: usize,
+    entries: u64,
+    replicas: Replicas,
+) -> Result<IngestFigures> {
     let dir = tempfile::tempdir()?;
     let hub = start_hub(hub_bin, dir.path())?;
     let mut work = Vec::new();
@@ -329,24 +359,30 @@ fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<IngestFigures> 
     // Not timed: the members the entries belong to, registered at one more store.
     let registrar = enroll(&hub, "members", dir.path())?;
     let registrar_id = StoreId::parse(&registrar.store_id)?;
-    runtime.block_on(push_all(
+    let registered = runtime.block_on(push_all(
         registrar,
         hub.quic,
         registering_store(&registrar_id, members_registered)?,
     ))?;
+    if replicas == Replicas::Current {
+        for (_, store) in &mut work {
+            store.relay_cursor = registered.log_head;
+        }
+    }
     let hub_pid = hub.process.0.id().to_string();
     let cpu = |pid: &str| cpu_seconds(pid).map_or(0.0, |(user, system)| user + system);
     let (hub_before, clients_before) = (cpu(&hub_pid), cpu("self"));
     let started = Instant::now();
-    runtime.block_on(async {
+    let relayed = runtime.block_on(async {
         let tasks: Vec<_> = work
             .into_iter()
             .map(|(bundle, store)| tokio::spawn(push_all(bundle, hub.quic, store)))
             .collect();
+        let mut relayed = 0;
         for task in tasks {
-            task.await??;
+            relayed += task.await??.relayed;
         }
-        anyhow::Ok(())
+        anyhow::Ok(relayed)
     })?;
     let elapsed = started.elapsed();
     let (hub_after, clients_after) = (cpu(&hub_pid), cpu("self"));
@@ -360,6 +396,7 @@ fn ingest(hub_bin: &Path, stores: usize, entries: u64) -> Result<IngestFigures> 
         hub_cpu: hub_after - hub_before,
         clients_cpu: clients_after - clients_before,
         projected,
+        relayed,
     })
 }
 
@@ -489,6 +526,7 @@ fn ingest_writer_only(stores: usize, entries: u64) -> Result<IngestFigures> {
         hub_cpu: acked_cpu,
         clients_cpu: 0.0,
         projected: Some((projected, cpu() - before)),
+        relayed: 0,
     })
 }
 
@@ -786,9 +824,17 @@ fn main() -> Result<()> {
     let mut stores = 50usize;
     let mut entries = 2_000u64;
     let mut only: Option<String> = None;
+    let mut replicas = Replicas::Current;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--replicas" => {
+                replicas = match args.next().as_deref() {
+                    Some("current") => Replicas::Current,
+                    Some("empty") => Replicas::Empty,
+                    _ => bail!("--replicas current|empty"),
+                }
+            }
             "--stores" => stores = args.next().context("--stores N")?.parse()?,
             "--entries" => entries = args.next().context("--entries N")?.parse()?,
             "--only" => only = Some(args.next().context("--only ingest|writer|catchup|edits")?),
@@ -796,6 +842,11 @@ fn main() -> Result<()> {
         }
     }
     let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if wanted("ingest") || wanted("writer") {
+        // Before the load, so that nothing of it runs beside this.
+        let dir = tempfile::tempdir()?;
+        println!("{}", tests::machine::reference_row(dir.path()));
+    }
     if wanted("edits") && only.is_some() {
         // Needs no server binaries.
         return edits();
@@ -814,16 +865,21 @@ fn main() -> Result<()> {
     }
     let (hub_bin, store_bin) = binaries()?;
     if wanted("ingest") {
-        let figures = ingest(&hub_bin, stores, entries)?;
+        let figures = ingest(&hub_bin, stores, entries, replicas)?;
         let total = (stores as u64 * entries) as f64;
+        let replicas = match replicas {
+            Replicas::Current => "replicas current",
+            Replicas::Empty => "replicas empty",
+        };
         println!(
-            "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS | {:.0} entries/s ({:.2} s); CPU: hub {:.2} s ({:.1} µs/entry), clients {:.2} s ({:.1} µs/entry) |",
+            "| hub ingest, {stores} concurrent stores × {entries} entries over QUIC+mTLS, {replicas} | {:.0} entries/s ({:.2} s); CPU: hub {:.2} s ({:.1} µs/entry), clients {:.2} s ({:.1} µs/entry); {} operations relayed to them meanwhile |",
             figures.rate,
             figures.elapsed.as_secs_f64(),
             figures.hub_cpu,
             figures.hub_cpu / total * 1e6,
             figures.clients_cpu,
             figures.clients_cpu / total * 1e6,
+            figures.relayed,
         );
         print_projected(&figures, total);
     }
@@ -849,7 +905,9 @@ fn print_projected(figures: &IngestFigures, total: f64) {
 }
 
 fn catch_up(hub_bin: &Path, store_bin: &Path) -> Result<()> {
-    let push = ingest(hub_bin, 1, 10_000)?.elapsed;
+    // The store also receives the 10,000 registrations meanwhile, as a store back from a long
+    // outage receives what happened while it was away.
+    let push = ingest(hub_bin, 1, 10_000, Replicas::Empty)?.elapsed;
     println!(
         "| store with 10,000 waiting entries pushes them all (acknowledged durable) | {:.2} s |",
         push.as_secs_f64()
