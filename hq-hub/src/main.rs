@@ -348,6 +348,7 @@ fn serve(
         queue,
         projection: projection.clone(),
         relay_cache: Arc::new(Default::default()),
+        readers: Arc::new(Default::default()),
     };
     let state = HubState {
         reads,

@@ -46,6 +46,7 @@ use crate::id::StoreId;
 use crate::op::{Envelope, Op, OpV1};
 
 pub mod compact;
+mod pack;
 use compact::{WireOp, WireRelayedOp};
 
 /// The protocol version this build speaks. 2: `Push` and `Relay` may travel as `Packed`
@@ -234,13 +235,7 @@ impl Message {
         if peer_version < 2 || !batch || plain.len() < packed_bytes_min {
             return plain;
         }
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        // Writing into a Vec cannot fail.
-        if std::io::Write::write_all(&mut encoder, &plain).is_err() {
-            return plain;
-        }
-        let Ok(deflated) = encoder.finish() else {
+        let Some(deflated) = pack::deflate_if_smaller(&plain) else {
             return plain;
         };
         let packed = Message::V1(MessageV1::Packed { deflated }).encode();
@@ -256,11 +251,8 @@ impl Message {
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         match Self::decode_plain(bytes)? {
             Message::V1(MessageV1::Packed { deflated }) => {
-                let mut inflated = Vec::new();
-                let limit = sync_message_bytes_max as u64 + 1;
-                let decoder = flate2::read::DeflateDecoder::new(deflated.as_slice());
-                std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit), &mut inflated)
-                    .map_err(|e| DecodeError::Packed(e.to_string()))?;
+                let inflated = pack::inflate_at_most(&deflated, sync_message_bytes_max)
+                    .map_err(DecodeError::Packed)?;
                 match Self::decode_plain(&inflated)? {
                     Message::V1(MessageV1::Packed { .. }) => Err(DecodeError::Packed(
                         "a packed message inside another".into(),
