@@ -216,6 +216,7 @@ pub struct NewHubTransfer {
 }
 
 #[utoipa::path(post, path = "/api/v1/transfers", request_body = NewHubTransfer,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key (as is an `id` in the body)")),
     responses((status = 201, body = TransferView), (status = 200, body = TransferView, description = "a retry with the same id"),
         (status = 403, body = chainsync_replica::views::ErrorBody),
         (status = 422, body = chainsync_replica::views::ErrorBody)),
@@ -223,11 +224,23 @@ pub struct NewHubTransfer {
 pub async fn create_transfer(
     State(hub): State<HubState>,
     caller: Caller,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    post: chainsync_replica::posted::Posted,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     caller.require_operator()?;
-    let request: NewHubTransfer = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_json(format!("request body: {e}")))?;
+    let request: NewHubTransfer = post.json()?;
+    // A repeat of an answered request: the first answer, nothing written again (also when
+    // the stores or products changed since).
+    let keyed = post.idempotency()?;
+    if let Some(keyed) = keyed.clone() {
+        let kept = hub
+            .reads
+            .run(move |conn| crate::idempotency::recall(conn, &keyed))
+            .await?;
+        if let Some((status, answer)) = kept {
+            return Ok(answered(status, answer));
+        }
+    }
     let id = match request.id {
         Some(id) => id,
         None => {
@@ -303,15 +316,53 @@ pub async fn create_transfer(
                 "a different transfer has this id",
             ));
         }
-        return Ok((StatusCode::OK, Json(existing)));
+        return Ok((StatusCode::OK, Json(existing)).into_response());
     }
-    hub.author(OpV1::TransferRequest(transfer)).await?;
-    let view = hub
-        .reads
-        .run(move |conn| Ok(replica_stock::transfer(conn, id)?))
-        .await?
-        .ok_or_else(|| ApiError::internal("transfer written but not found"))?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let writer = hub.writer.clone();
+    let (head, status, answer) = tokio::task::spawn_blocking(move || {
+        let mut conn = writer
+            .lock()
+            .map_err(|_| ApiError::internal("writer lock"))?;
+        // A repeat that raced the first one past the check above.
+        if let Some(keyed) = &keyed
+            && let Some((status, answer)) = crate::idempotency::recall(&conn, keyed)?
+        {
+            return Ok::<_, ApiError>((None, status, answer));
+        }
+        let mut answer = serde_json::Value::Null;
+        let (head, _) = crate::storage::author_with(
+            &mut conn,
+            crate::now_ms(),
+            |_, _| Ok(OpV1::TransferRequest(transfer)),
+            |tx, _| {
+                let view = replica_stock::transfer(tx, id)?.ok_or_else(|| {
+                    crate::storage::HubStorageError::Damaged(
+                        "transfer written but not found".into(),
+                    )
+                })?;
+                answer = serde_json::to_value(&view)
+                    .map_err(|e| crate::storage::HubStorageError::Damaged(e.to_string()))?;
+                if let Some(keyed) = &keyed {
+                    crate::idempotency::remember(tx, keyed, 201, &answer, crate::now_ms())?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(ApiError::internal)?;
+        Ok((Some(head), 201, answer))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    if let Some(head) = head {
+        hub.log_grew.send_replace(head);
+    }
+    Ok(answered(status, answer))
+}
+
+fn answered(status: u16, answer: serde_json::Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    (status, Json(answer)).into_response()
 }
 
 #[derive(OpenApi)]

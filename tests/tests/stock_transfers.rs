@@ -102,17 +102,52 @@ fn transfer_shipped_while_destination_is_cut_off_and_received_short_converges() 
 
     relay.cut();
     wait_until("B sees the link down", bounded, || Ok(!online(&b)?))?;
-    // HQ asks A to send 10 to B; A ships while B cannot hear of it.
+    // HQ asks A to send 10 to B; A ships while B cannot hear of it. The request carries an
+    // Idempotency-Key and no id: its retry must not ask for a second transfer.
+    let ask = json!({"from_store": "sa", "to_store": "sb", "lines": [{"sku": "X1", "qty": 10}],
+                     "note": "补货"});
     let (status, asked) = hub.api.post(
         "/api/v1/transfers",
         Some(&hub.token),
-        &json!({"from_store": "sa", "to_store": "sb", "lines": [{"sku": "X1", "qty": 10}],
-                "note": "补货"}),
-        None,
+        &ask,
+        Some("hq-ask-1"),
     )?;
     assert_eq!(status, 201, "{asked}");
     assert_eq!(asked["requested_by"], "hq");
     let id = asked["id"].as_str().context("transfer id")?.to_owned();
+    let (status, again) = hub.api.post(
+        "/api/v1/transfers",
+        Some(&hub.token),
+        &ask,
+        Some("hq-ask-1"),
+    )?;
+    assert_eq!(
+        (status, &again),
+        (201, &asked),
+        "a retry gets the first answer"
+    );
+    let mut other = ask.clone();
+    other["lines"][0]["qty"] = json!(11);
+    let (status, reused) = hub.api.post(
+        "/api/v1/transfers",
+        Some(&hub.token),
+        &other,
+        Some("hq-ask-1"),
+    )?;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(
+        reused["error"]["code"], "idempotency_key_reused",
+        "{reused}"
+    );
+    let requested = body(
+        hub.get("/api/v1/transfers?state=requested")?,
+        "hub transfers",
+    )?;
+    assert_eq!(
+        requested["transfers"].as_array().map(Vec::len),
+        Some(1),
+        "{requested}"
+    );
     wait_until("A has HQ's request", bounded, || {
         let list = body(a.get("/api/v1/transfers?state=requested")?, "A transfers")?;
         Ok(list["transfers"][0]["id"] == id.as_str())
