@@ -69,3 +69,79 @@ pub fn remember(
     ])?;
     Ok(())
 }
+
+/// The kept answer to a repeated request (read before the request is checked again, so a
+/// repeat gets the first answer even when what it named has changed since).
+pub async fn recalled(
+    hub: &crate::http::HubState,
+    keyed: &Option<Idempotency>,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    let Some(keyed) = keyed.clone() else {
+        return Ok(None);
+    };
+    let kept = hub.reads.run(move |conn| recall(conn, &keyed)).await?;
+    Ok(kept.map(|(status, answer)| answered(status, answer)))
+}
+
+/// Author `op` as HQ and answer 201 with what `view` reads back in the same transaction,
+/// keeping that answer under the request's key (if it has one). A repeat that raced the
+/// first one past [`recalled`] gets the first answer here, under the writer lock.
+pub async fn author_answered(
+    hub: &crate::http::HubState,
+    keyed: Option<Idempotency>,
+    op: chainsync_core::op::OpV1,
+    view: impl FnOnce(&Connection) -> Result<serde_json::Value, crate::storage::HubStorageError>
+    + Send
+    + 'static,
+) -> Result<axum::response::Response, ApiError> {
+    let writer = hub.writer.clone();
+    let (head, status, answer) = tokio::task::spawn_blocking(move || {
+        let mut conn = writer
+            .lock()
+            .map_err(|_| ApiError::internal("writer lock"))?;
+        if let Some(keyed) = &keyed
+            && let Some((status, answer)) = recall(&conn, keyed)?
+        {
+            return Ok::<_, ApiError>((None, status, answer));
+        }
+        let mut answer = serde_json::Value::Null;
+        let now = crate::now_ms();
+        let (head, _) = crate::storage::author_with(
+            &mut conn,
+            now,
+            |_, _| Ok(op),
+            |tx, _| {
+                answer = view(tx)?;
+                if let Some(keyed) = &keyed {
+                    remember(tx, keyed, 201, &answer, now)?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(ApiError::internal)?;
+        Ok((Some(head), 201, answer))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    if let Some(head) = head {
+        hub.log_grew.send_replace(head);
+    }
+    Ok(answered(status, answer))
+}
+
+fn answered(status: u16, answer: serde_json::Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
+    (status, axum::Json(answer)).into_response()
+}
+
+/// What a read-back view becomes in an answer.
+pub fn as_answer<T: serde::Serialize>(
+    view: Option<T>,
+    what: &str,
+) -> Result<serde_json::Value, crate::storage::HubStorageError> {
+    let view = view.ok_or_else(|| {
+        crate::storage::HubStorageError::Damaged(format!("{what} written but not found"))
+    })?;
+    serde_json::to_value(&view).map_err(|e| crate::storage::HubStorageError::Damaged(e.to_string()))
+}

@@ -241,15 +241,20 @@ pub struct NewGift {
 }
 
 #[utoipa::path(post, path = "/api/v1/gifts", request_body = NewGift,
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe key (as is an `id` in the body)")),
     responses((status = 201, body = GiftView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_gift(
     State(hub): State<HubState>,
     caller: Caller,
-    body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<GiftView>), ApiError> {
+    post: chainsync_replica::posted::Posted,
+) -> Result<axum::response::Response, ApiError> {
     caller.require_operator()?;
-    let request: NewGift = parse_body(&body)?;
+    let request: NewGift = post.json()?;
+    let keyed = post.idempotency()?;
+    if let Some(answer) = crate::idempotency::recalled(&hub, &keyed).await? {
+        return Ok(answer);
+    }
     let name = text(&request.name, "name")?;
     if !(0..=gift::gift_points_max).contains(&request.points_price) {
         return Err(ApiError::invalid_field(
@@ -274,13 +279,10 @@ pub async fn create_gift(
         stock: request.stock,
         active: request.active,
     };
-    hub.author(OpV1::GiftUpsert(record)).await?;
-    let view = hub
-        .reads
-        .run(move |conn| Ok(program::gift(conn, id)?))
-        .await?
-        .ok_or_else(|| ApiError::internal("gift written but not found"))?;
-    Ok((StatusCode::CREATED, Json(view)))
+    crate::idempotency::author_answered(&hub, keyed, OpV1::GiftUpsert(record), move |tx| {
+        crate::idempotency::as_answer(program::gift(tx, id)?, "gift")
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/gifts", responses((status = 200, body = GiftList)),

@@ -232,14 +232,8 @@ pub async fn create_transfer(
     // A repeat of an answered request: the first answer, nothing written again (also when
     // the stores or products changed since).
     let keyed = post.idempotency()?;
-    if let Some(keyed) = keyed.clone() {
-        let kept = hub
-            .reads
-            .run(move |conn| crate::idempotency::recall(conn, &keyed))
-            .await?;
-        if let Some((status, answer)) = kept {
-            return Ok(answered(status, answer));
-        }
+    if let Some(answer) = crate::idempotency::recalled(&hub, &keyed).await? {
+        return Ok(answer);
     }
     let id = match request.id {
         Some(id) => id,
@@ -318,51 +312,10 @@ pub async fn create_transfer(
         }
         return Ok((StatusCode::OK, Json(existing)).into_response());
     }
-    let writer = hub.writer.clone();
-    let (head, status, answer) = tokio::task::spawn_blocking(move || {
-        let mut conn = writer
-            .lock()
-            .map_err(|_| ApiError::internal("writer lock"))?;
-        // A repeat that raced the first one past the check above.
-        if let Some(keyed) = &keyed
-            && let Some((status, answer)) = crate::idempotency::recall(&conn, keyed)?
-        {
-            return Ok::<_, ApiError>((None, status, answer));
-        }
-        let mut answer = serde_json::Value::Null;
-        let (head, _) = crate::storage::author_with(
-            &mut conn,
-            crate::now_ms(),
-            |_, _| Ok(OpV1::TransferRequest(transfer)),
-            |tx, _| {
-                let view = replica_stock::transfer(tx, id)?.ok_or_else(|| {
-                    crate::storage::HubStorageError::Damaged(
-                        "transfer written but not found".into(),
-                    )
-                })?;
-                answer = serde_json::to_value(&view)
-                    .map_err(|e| crate::storage::HubStorageError::Damaged(e.to_string()))?;
-                if let Some(keyed) = &keyed {
-                    crate::idempotency::remember(tx, keyed, 201, &answer, crate::now_ms())?;
-                }
-                Ok(())
-            },
-        )
-        .map_err(ApiError::internal)?;
-        Ok((Some(head), 201, answer))
+    crate::idempotency::author_answered(&hub, keyed, OpV1::TransferRequest(transfer), move |tx| {
+        crate::idempotency::as_answer(replica_stock::transfer(tx, id)?, "transfer")
     })
     .await
-    .map_err(ApiError::internal)??;
-    if let Some(head) = head {
-        hub.log_grew.send_replace(head);
-    }
-    Ok(answered(status, answer))
-}
-
-fn answered(status: u16, answer: serde_json::Value) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    (status, Json(answer)).into_response()
 }
 
 #[derive(OpenApi)]

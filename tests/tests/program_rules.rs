@@ -258,14 +258,25 @@ fn gift_catalog_redemptions_at_stores_apart_converge() -> Result<()> {
     let mut hub = Hub::start(dir.path())?;
     let a = Store::start("ga", dir.path(), &hub.enroll("ga", dir.path())?)?;
     let b = Store::start("gb", dir.path(), &hub.enroll("gb", dir.path())?)?;
+    let new_gift = json!({"name": "保温杯", "points_price": 200, "stock": 1});
     let (status, gift) = hub.api.post(
         "/api/v1/gifts",
         Some(&hub.token),
-        &json!({"name": "保温杯", "points_price": 200, "stock": 1}),
-        None,
+        &new_gift,
+        Some("gift-cup"),
     )?;
     assert_eq!(status, 201, "{gift}");
     let gift_id = gift["id"].as_str().context("gift id")?.to_owned();
+    // A retry under the same key (no id in the body) gets the same gift, not a second one.
+    let again = hub.api.post(
+        "/api/v1/gifts",
+        Some(&hub.token),
+        &new_gift,
+        Some("gift-cup"),
+    )?;
+    assert_eq!(again, (201, gift.clone()));
+    let (_, gifts) = hub.get("/api/v1/gifts")?;
+    assert_eq!(gifts["gifts"].as_array().map(Vec::len), Some(1), "{gifts}");
     let member = a.ok(
         "/api/v1/members",
         &json!({"name": "吴十", "phone": "13900009999"}),
