@@ -129,7 +129,8 @@ pub async fn author_answered(
     Ok(answered(status, answer))
 }
 
-fn answered(status: u16, answer: serde_json::Value) -> axum::response::Response {
+/// A kept or new answer as the response it was (`status` as kept with it).
+pub fn answered(status: u16, answer: serde_json::Value) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
     (status, axum::Json(answer)).into_response()

@@ -342,9 +342,7 @@ pub async fn adjust(
     if let Some(head) = head {
         hub.log_grew.send_replace(head);
     }
-    let status =
-        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::CREATED);
-    Ok((status, Json(answer)).into_response())
+    Ok(crate::idempotency::answered(status, answer))
 }
 
 /// Reply with a table as JSON, or as a CSV/xlsx attachment (audited).
